@@ -1,0 +1,46 @@
+"""VisionRAG's Python client and the `visionrag` command line.
+
+from clients import VisionRAG
+answer = VisionRAG("http://localhost:8000").ask("diagram.png", "What does this show?")
+"""
+
+from clients.client import DEFAULT_URL, Stream, VisionRAG
+from clients.errors import (
+    APIError,
+    BadRequest,
+    ConnectionFailed,
+    InvalidArgument,
+    NotFound,
+    PayloadTooLarge,
+    ServerError,
+    ServiceUnavailable,
+    Timeout,
+    Unauthorized,
+    UnprocessableEntity,
+    UnsupportedMediaType,
+    VisionRAGError,
+)
+from clients.types import Answer, Interaction, SearchHit, Usage
+
+__all__ = [
+    "DEFAULT_URL",
+    "APIError",
+    "Answer",
+    "BadRequest",
+    "ConnectionFailed",
+    "Interaction",
+    "InvalidArgument",
+    "NotFound",
+    "PayloadTooLarge",
+    "SearchHit",
+    "ServerError",
+    "ServiceUnavailable",
+    "Stream",
+    "Timeout",
+    "Unauthorized",
+    "UnprocessableEntity",
+    "UnsupportedMediaType",
+    "Usage",
+    "VisionRAG",
+    "VisionRAGError",
+]

@@ -1,0 +1,171 @@
+"""Assembles the server: LitServer around the model API, the API process's shared state (image loader,
+history), routes, health and error handling."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import litserve as ls
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from litserve.utils import WorkerSetupStatus
+from starlette.concurrency import run_in_threadpool
+
+from server.errors import ConfigError, install_error_handlers
+from server.settings import Settings
+from server.spec import VisionSpec
+from server.worker import VisionAPI
+
+log = logging.getLogger(__name__)
+
+
+class VisionServer(ls.LitServer):
+    """LitServer that starts answering HTTP while the model loads (so /health can say "loading" instead
+    of refusing connections) and shuts down if a worker fails to load the model."""
+
+    def verify_worker_status(self) -> None:
+        threading.Thread(target=self._watch_workers, name="worker-watch", daemon=True).start()
+
+    def _watch_workers(self) -> None:
+        while not self._shutdown_event.is_set():
+            statuses = list(self.workers_setup_status.values())
+            if WorkerSetupStatus.ERROR in statuses:
+                log.error("a model worker failed to start (see its traceback above); shutting down")
+                self._shutdown_event.set()
+                return
+            if statuses and all(s == WorkerSetupStatus.READY for s in statuses):
+                log.info("all %d model workers are ready", len(statuses))
+                return
+            time.sleep(0.2)
+
+    def worker_states(self) -> dict[str, str]:
+        statuses = getattr(self, "workers_setup_status", None)
+        return {k: str(v) for k, v in dict(statuses or {}).items()}
+
+
+def resolve_devices(settings: Settings) -> tuple[str, int]:
+    """(accelerator, number of workers): one worker per GPU to replicate, one worker to shard."""
+    if settings.accelerator == "cpu":
+        return "cpu", 1
+    import torch
+
+    visible = torch.cuda.device_count()
+    if visible == 0:
+        if settings.accelerator == "cuda":
+            raise ConfigError(
+                "accelerator is cuda but no GPU is visible; check CUDA_VISIBLE_DEVICES and drivers"
+            )
+        return "cpu", 1
+    wanted = visible if settings.devices == "auto" else int(settings.devices)
+    if wanted > visible:
+        raise ConfigError(f"devices={wanted} but only {visible} GPUs are visible")
+    if settings.placement == "shard":
+        return "cuda", 1
+    return "cuda", wanted
+
+
+def build_server(settings: Settings) -> VisionServer:
+    accelerator, devices = resolve_devices(settings)
+    api = VisionAPI(settings, VisionSpec(settings))
+    server = VisionServer(
+        api,
+        accelerator=accelerator,
+        devices=devices,
+        workers_per_device=1,
+        timeout=settings.generation_timeout or False,
+        max_payload_size=settings.max_body_bytes,
+        model_metadata={"model": settings.model_name, "placement": settings.placement},
+    )
+    app = server.app
+    app.state.settings = settings
+    app.state.server = server
+    _replace_routes(app, {("GET", "/health")})
+    app.add_api_route("/health", _health, methods=["GET"], summary="200 once the model and history are ready")
+    try:  # TEMPORARY until history_routes lands
+        from server.history_routes import router as history_router
+
+        app.include_router(history_router)
+    except ImportError:
+        pass
+    install_error_handlers(app)
+    _wrap_lifespan(app, settings)
+    return server
+
+
+async def _health(request: Request) -> JSONResponse:
+    """Ready means: every model worker has loaded the model and the journal is open. The vector index may
+    be catching up or unreachable without taking the model endpoints down; its state is reported."""
+    server: VisionServer = request.app.state.server
+    workers = server.worker_states()
+    history = getattr(request.app.state, "history", None)
+    history_status: dict[str, Any] = (
+        await run_in_threadpool(history.status) if history is not None else {"journal": "starting"}
+    )
+    ready = bool(workers) and all(s == WorkerSetupStatus.READY for s in workers.values())
+    ok = ready and history_status.get("journal") == "ok"
+    state = "ok" if ok else "error" if WorkerSetupStatus.ERROR in workers.values() else "loading"
+    body = {
+        "status": state,
+        "model": request.app.state.settings.model_name,
+        "workers": workers,
+        "history": history_status,
+    }
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+def _replace_routes(app: FastAPI, drop: set[tuple[str, str]]) -> None:
+    """Remove LitServe's own versions of routes we serve differently."""
+    kept = []
+    for route in app.router.routes:
+        if isinstance(route, APIRoute) and any((m, route.path) in drop for m in route.methods):
+            continue
+        kept.append(route)
+    app.router.routes[:] = kept
+
+
+def _wrap_lifespan(app: FastAPI, settings: Settings) -> None:
+    """Open the API process's shared state when it starts serving: it runs in exactly one process, so
+    the embedded vector store has exactly one owner however many GPU workers there are."""
+    from search.history import History
+
+    from server.fetch import ImageLoader
+
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app_: FastAPI) -> AsyncIterator[None]:
+        app_.state.images = ImageLoader(settings)
+        history = History(settings)
+        await run_in_threadpool(history.start)
+        app_.state.history = history
+        try:
+            async with inner(app_):
+                yield
+        finally:
+            await run_in_threadpool(history.close)
+
+    app.router.lifespan_context = lifespan
+
+
+def serve(settings: Settings) -> int:
+    """Run until interrupted; the exit status is 1 when a model worker failed to start."""
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    log.info("settings: %s", settings.describe())
+    server = build_server(settings)
+    server.run(
+        host=settings.host,
+        port=settings.port,
+        num_api_servers=1,
+        generate_client_file=False,
+        log_level=settings.log_level.lower(),
+    )
+    failed = [k for k, v in server.worker_states().items() if v == WorkerSetupStatus.ERROR]
+    return 1 if failed else 0

@@ -1,0 +1,123 @@
+"""The server's exceptions and the one place that maps every package's exceptions to HTTP answers.
+
+Every error answer is JSON `{"detail": "..."}`; a message says what failed and what to do about it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import HTTPException, RequestValidationError
+from fastapi.responses import JSONResponse
+
+from search.errors import HistoryError, InvalidQuery, NotFound, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class VisionRAGError(Exception):
+    """Base of the server's errors; `status_code` is the HTTP answer."""
+
+    status_code = 500
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+
+
+class ConfigError(VisionRAGError):
+    """A setting is wrong; raised at start-up, before anything is served."""
+
+
+class BadRequest(VisionRAGError):
+    status_code = 400
+
+
+class Unauthorized(VisionRAGError):
+    status_code = 401
+
+
+class PayloadTooLarge(VisionRAGError):
+    status_code = 413
+
+
+class UnsupportedImage(VisionRAGError):
+    """The bytes are not an image we can decode."""
+
+    status_code = 415
+
+
+class InvalidInput(VisionRAGError):
+    """Well-formed JSON whose values are wrong (types, ranges, missing fields)."""
+
+    status_code = 422
+
+
+class ImageFetchError(VisionRAGError):
+    """An image URL could not be fetched: unreachable, refused, timed out, not found."""
+
+    status_code = 422
+
+
+class Overloaded(VisionRAGError):
+    status_code = 503
+
+
+class GenerationTimeout(VisionRAGError):
+    status_code = 504
+
+
+# Errors of the other packages, mapped here and nowhere else.
+_FOREIGN_STATUS: dict[type[Exception], int] = {
+    NotFound: 404,
+    InvalidQuery: 422,
+    StoreUnavailable: 503,
+    HistoryError: 500,
+}
+
+
+def status_for(exc: Exception) -> int:
+    if isinstance(exc, VisionRAGError):
+        return exc.status_code
+    for kind, status in _FOREIGN_STATUS.items():
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    status = status_for(exc)
+    headers = getattr(exc, "headers", None)
+    if status >= 500 and not isinstance(exc, (VisionRAGError, StoreUnavailable)):
+        log.error("unhandled error", exc_info=exc)
+        return JSONResponse({"detail": "internal server error; see the server log"}, status_code=500)
+    return JSONResponse({"detail": str(getattr(exc, "detail", exc))}, status_code=status, headers=headers)
+
+
+def describe_validation_error(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where or 'body'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def known(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)
+
+    async def validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": describe_validation_error(exc)}, status_code=422)
+
+    async def http(_: Request, exc: HTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+    app.add_exception_handler(VisionRAGError, known)
+    for kind in _FOREIGN_STATUS:
+        app.add_exception_handler(kind, known)
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(HTTPException, http)

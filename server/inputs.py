@@ -1,0 +1,282 @@
+"""Request bodies of the model endpoints, parsed and checked into one `Ask`.
+
+Every check that depends on the request happens here, in the API process, so a bad request is answered
+with a 4xx before it reaches a model worker (where one bad request would fail its whole batch).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from fastapi import Request
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
+from starlette.datastructures import UploadFile
+
+from server.errors import BadRequest, InvalidInput, PayloadTooLarge
+from server.generation import Sampling
+from server.settings import Settings
+
+Number = StrictFloat | StrictInt
+Tags = Annotated[list[Annotated[StrictStr, Field(min_length=1, max_length=64)]], Field(max_length=20)]
+Stop = StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None
+
+
+@dataclass
+class Ask:
+    """One question about one image, whichever endpoint it came through."""
+
+    question: str
+    messages: list[dict[str, Any]]
+    sampling: Sampling
+    image_url: str | None = None
+    upload: bytes | None = None
+    user: str | None = None
+    tags: tuple[str, ...] = ()
+    store: bool = True
+    stream: bool = False
+    include_usage: bool = False  # OpenAI's stream_options.include_usage
+
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    temperature: Annotated[Number, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[Number, Field(gt=0, le=1)] | None = None
+    stop: Stop = None
+    seed: StrictInt | None = None
+    stream: StrictBool = False
+    store: StrictBool = True
+    user: Annotated[StrictStr, Field(max_length=200)] | None = None
+    tags: Tags = Field(default_factory=list)
+
+
+class PredictBody(_Common):
+    image_url: StrictStr | None = None
+    user_query: StrictStr
+    max_tokens: StrictInt | None = None
+
+
+class _ImageURL(BaseModel):
+    url: StrictStr
+    detail: StrictStr | None = None
+
+
+class _TextPart(BaseModel):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class _ImagePart(BaseModel):
+    type: Literal["image_url"]
+    image_url: StrictStr | _ImageURL
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: StrictStr | list[Annotated[_TextPart | _ImagePart, Field(discriminator="type")]] | None = None
+
+
+class _StreamOptions(BaseModel):
+    include_usage: StrictBool = True
+
+
+class ChatBody(_Common):
+    model: StrictStr | None = None
+    messages: Annotated[list[_Message], Field(min_length=1)]
+    max_tokens: StrictInt | None = None
+    max_completion_tokens: StrictInt | None = None
+    n: StrictInt = 1
+    stream_options: _StreamOptions | None = None
+
+
+# -- reading bodies -----------------------------------------------------------------------------------
+async def read_json(request: Request, settings: Settings) -> Any:
+    body = await request.body()
+    if len(body) > settings.max_body_bytes:
+        raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {settings.max_body_bytes}")
+    if not body:
+        raise BadRequest("request body is empty; send JSON")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def validate(model: type[BaseModel], data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise InvalidInput("request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(describe(exc)) from None
+
+
+def describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def is_multipart(request: Request) -> bool:
+    kind = request.headers.get("content-type", "")
+    return kind.startswith("multipart/form-data") or kind.startswith("application/x-www-form-urlencoded")
+
+
+async def read_form(request: Request, settings: Settings) -> tuple[dict[str, Any], bytes | None]:
+    """A multipart form as the JSON it stands for, plus the bytes of its `image` file, if any."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {settings.max_body_bytes}")
+    try:
+        form = await request.form(max_files=1, max_fields=50)
+    except Exception as exc:  # starlette raises several kinds for broken multipart bodies
+        raise BadRequest(f"could not read the multipart form: {exc}") from None
+    data: dict[str, Any] = {}
+    upload: bytes | None = None
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if key != "image":
+                raise InvalidInput(f"unexpected file field {key!r}; send the image as 'image'")
+            upload = await value.read(settings.max_image_bytes + 1)
+            if len(upload) > settings.max_image_bytes:
+                raise PayloadTooLarge(
+                    f"uploaded image is larger than {settings.max_image_bytes} bytes (VISIONRAG_MAX_IMAGE_BYTES)"
+                )
+        elif key == "tags":
+            data.setdefault("tags", []).extend(t.strip() for t in value.split(",") if t.strip())
+        else:
+            data[key] = _form_value(key, value)
+    return data, upload
+
+
+_FORM_INTS = {"max_tokens", "max_completion_tokens", "seed", "limit", "offset"}
+_FORM_FLOATS = {"temperature", "top_p"}
+_FORM_BOOLS = {"store", "stream"}
+
+
+def _form_value(key: str, value: str) -> Any:
+    try:
+        if key in _FORM_INTS:
+            return int(value)
+        if key in _FORM_FLOATS:
+            return float(value)
+    except ValueError:
+        raise InvalidInput(f"{key}: {value!r} is not a number") from None
+    if key in _FORM_BOOLS:
+        lowered = value.strip().lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise InvalidInput(f"{key}: {value!r} is not true or false")
+    return value
+
+
+# -- building an Ask ------------------------------------------------------------------------------------
+def sampling_for(body: _Common, max_tokens: int | None, settings: Settings) -> Sampling:
+    if max_tokens is None:
+        max_tokens = settings.default_max_tokens
+    if not 1 <= max_tokens <= settings.max_tokens_limit:
+        raise InvalidInput(f"max_tokens must be between 1 and {settings.max_tokens_limit}, not {max_tokens}")
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=float(body.temperature or 0.0),
+        top_p=float(body.top_p if body.top_p is not None else 1.0),
+        stop=tuple(s for s in stop if s),
+        seed=body.seed,
+        time_limit=settings.generation_timeout or None,
+    )
+
+
+def check_question(text: str, settings: Settings) -> str:
+    if not text.strip():
+        raise InvalidInput("the question is empty; ask something about the image")
+    if len(text) > settings.max_query_chars:
+        raise InvalidInput(f"the question is {len(text)} characters; the limit is {settings.max_query_chars}")
+    return text
+
+
+def predict_ask(data: Any, upload: bytes | None, settings: Settings) -> Ask:
+    if isinstance(data, dict) and "user_query" not in data:
+        raise InvalidInput("user_query is missing: send the question as user_query")
+    body: PredictBody = validate(PredictBody, data)
+    if body.image_url is None and upload is None:
+        raise InvalidInput("no image: send image_url (http(s) or data URL) or a multipart 'image' file")
+    if body.image_url is not None and upload is not None:
+        raise InvalidInput("send either image_url or an 'image' file, not both")
+    question = check_question(body.user_query, settings)
+    return Ask(
+        question=question,
+        messages=[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
+        sampling=sampling_for(body, body.max_tokens, settings),
+        image_url=body.image_url,
+        upload=upload,
+        user=body.user,
+        tags=tuple(body.tags),
+        store=body.store,
+        stream=body.stream,
+    )
+
+
+def chat_ask(data: Any, settings: Settings) -> Ask:
+    body: ChatBody = validate(ChatBody, data)
+    if body.n != 1:
+        raise InvalidInput("n must be 1: this server generates one choice per request")
+    image_urls: list[str] = []
+    messages: list[dict[str, Any]] = []
+    for message in body.messages:
+        role = "system" if message.role == "developer" else message.role
+        parts: list[dict[str, Any]] = []
+        content = message.content or ""
+        if isinstance(content, str):
+            parts.append({"type": "text", "text": content})
+        else:
+            for part in content:
+                if isinstance(part, _TextPart):
+                    parts.append({"type": "text", "text": part.text})
+                else:
+                    url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
+                    image_urls.append(url)
+                    parts.append({"type": "image"})
+        messages.append({"role": role, "content": parts})
+    if len(image_urls) != 1:
+        raise BadRequest(
+            f"found {len(image_urls)} images; Llama 3.2 Vision answers about exactly one image per request: "
+            "send one image_url part"
+        )
+    user_texts = [
+        p["text"] for m in messages if m["role"] == "user" for p in m["content"] if p["type"] == "text"
+    ]
+    question = check_question(user_texts[-1] if user_texts else "", settings)
+    if sum(len(p.get("text", "")) for m in messages for p in m["content"]) > settings.max_query_chars * 4:
+        raise InvalidInput(
+            f"the conversation is too long; the limit is {settings.max_query_chars * 4} characters"
+        )
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    return Ask(
+        question=question,
+        messages=messages,
+        sampling=sampling_for(body, max_tokens, settings),
+        image_url=image_urls[0],
+        user=body.user,
+        tags=tuple(body.tags),
+        store=body.store,
+        stream=body.stream,
+        include_usage=body.stream_options.include_usage if body.stream_options else False,
+    )

@@ -1,0 +1,241 @@
+"""One settings object, built once at start-up: a CLI flag beats the environment, which beats `.env`,
+which beats the default. Nothing here reads the environment at import time."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+from server.errors import ConfigError
+
+DEFAULT_MODEL = "meta-llama/Llama-3.2-11B-Vision-Instruct"
+
+
+def _env(*names: str, help: str) -> dict[str, Any]:
+    """Field metadata: the environment names a setting is read from (first wins) and its help text."""
+    return {"env": names, "help": help}
+
+
+@dataclass(frozen=True)
+class Settings:
+    # model
+    model_name: str = field(
+        default=DEFAULT_MODEL, metadata=_env("MODEL_NAME", help="hub id or local directory")
+    )
+    hf_token: str | None = field(default=None, metadata=_env("HF_TOKEN", help="token for the gated model"))
+    accelerator: str = field(default="auto", metadata=_env("VISIONRAG_ACCELERATOR", help="auto, cuda or cpu"))
+    devices: str = field(
+        default="auto",
+        metadata=_env("VISIONRAG_DEVICES", help="number of GPUs to use, or auto for all visible ones"),
+    )
+    placement: str = field(
+        default="replicate",
+        metadata=_env(
+            "VISIONRAG_PLACEMENT",
+            help="replicate: one worker per GPU with a full copy; shard: one worker over all GPUs",
+        ),
+    )
+    dtype: str = field(
+        default="auto",
+        metadata=_env("VISIONRAG_DTYPE", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32"),
+    )
+    max_batch_size: int = field(
+        default=8, metadata=_env("VISIONRAG_MAX_BATCH_SIZE", help="requests generated together at most")
+    )
+    batch_timeout: float = field(
+        default=0.05,
+        metadata=_env("VISIONRAG_BATCH_TIMEOUT", help="seconds a worker waits to fill a batch"),
+    )
+    default_max_tokens: int = field(
+        default=512,
+        metadata=_env("VISIONRAG_DEFAULT_MAX_TOKENS", help="max_tokens when a request gives none"),
+    )
+    max_tokens_limit: int = field(
+        default=4096, metadata=_env("VISIONRAG_MAX_TOKENS_LIMIT", help="largest max_tokens a request may ask")
+    )
+    # history
+    text_model: str = field(
+        default="Qdrant/clip-ViT-B-32-text", metadata=_env("TEXT_MODEL", help="fastembed CLIP text model")
+    )
+    image_model: str = field(
+        default="Qdrant/clip-ViT-B-32-vision",
+        metadata=_env("IMAGE_MODEL", help="fastembed CLIP vision model"),
+    )
+    text_model_path: Path | None = field(
+        default=None, metadata=_env("TEXT_MODEL_PATH", help="local folder of the CLIP text model (offline)")
+    )
+    image_model_path: Path | None = field(
+        default=None,
+        metadata=_env("IMAGE_MODEL_PATH", help="local folder of the CLIP vision model (offline)"),
+    )
+    qdrant_url: str | None = field(
+        default=None,
+        metadata=_env("QDRANT_URL", "DB_URL", help="Qdrant server or Cloud URL; unset: embedded store"),
+    )
+    qdrant_api_key: str | None = field(
+        default=None, metadata=_env("QDRANT_API_KEY", "DB_API_KEY", help="API key for QDRANT_URL")
+    )
+    collection_name: str = field(
+        default="visionrag_history", metadata=_env("COLLECTION_NAME", help="Qdrant collection")
+    )
+    data_dir: Path = field(
+        default=Path("./data"), metadata=_env("VISIONRAG_DATA_DIR", help="journal and embedded store")
+    )
+    # HTTP
+    host: str = field(default="0.0.0.0", metadata=_env("HOST", help="0.0.0.0, 127.0.0.1 or ::"))
+    port: int = field(default=8000, metadata=_env("PORT", help="HTTP port"))
+    api_key: str | None = field(
+        default=None,
+        metadata=_env("VISIONRAG_API_KEY", help="when set, every route but /health needs this key"),
+    )
+    # image fetching
+    allow_private_hosts: tuple[str, ...] = field(
+        default=(),
+        metadata=_env(
+            "VISIONRAG_ALLOW_PRIVATE_HOSTS",
+            help="comma list of IPs, CIDRs or host names image URLs may reach although private",
+        ),
+    )
+    max_image_bytes: int = field(
+        default=20_000_000,
+        metadata=_env("VISIONRAG_MAX_IMAGE_BYTES", help="largest image download or upload"),
+    )
+    max_image_pixels: int = field(
+        default=40_000_000,
+        metadata=_env("VISIONRAG_MAX_IMAGE_PIXELS", help="largest width x height decoded (bomb guard)"),
+    )
+    fetch_timeout: float = field(
+        default=10.0, metadata=_env("VISIONRAG_FETCH_TIMEOUT", help="seconds for a whole image download")
+    )
+    # limits
+    max_query_chars: int = field(
+        default=8000, metadata=_env("VISIONRAG_MAX_QUERY_CHARS", help="longest question in characters")
+    )
+    max_body_bytes: int = field(
+        default=30_000_000, metadata=_env("VISIONRAG_MAX_BODY_BYTES", help="largest request body")
+    )
+    max_queue: int = field(
+        default=64,
+        metadata=_env("VISIONRAG_MAX_QUEUE", help="requests waiting or running before new ones get 503"),
+    )
+    generation_timeout: float = field(
+        default=300.0,
+        metadata=_env("VISIONRAG_GENERATION_TIMEOUT", help="seconds one answer may take"),
+    )
+    log_level: str = field(default="info", metadata=_env("VISIONRAG_LOG_LEVEL", help="debug, info, warning"))
+
+    @classmethod
+    def load(
+        cls,
+        overrides: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+        dotenv_path: str | os.PathLike[str] | None = ".env",
+    ) -> Settings:
+        """Defaults < `.env` < environment < overrides (CLI flags; None values are ignored)."""
+        merged: dict[str, str] = {}
+        if dotenv_path is not None and Path(dotenv_path).is_file():
+            merged.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+        merged.update(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            for name in f.metadata["env"]:
+                raw = merged.get(name)
+                if raw not in (None, ""):
+                    values[f.name] = _coerce(f, raw, name)
+                    break
+        for key, value in (overrides or {}).items():
+            if value is None:
+                continue
+            f = _field(key)
+            values[key] = _coerce(f, value, f"--{key.replace('_', '-')}") if isinstance(value, str) else value
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        if self.placement not in ("replicate", "shard"):
+            raise ConfigError(f"placement must be 'replicate' or 'shard', not {self.placement!r}")
+        if self.accelerator not in ("auto", "cuda", "cpu"):
+            raise ConfigError(f"accelerator must be auto, cuda or cpu, not {self.accelerator!r}")
+        if self.devices != "auto" and not (self.devices.isdigit() and int(self.devices) > 0):
+            raise ConfigError(f"devices must be 'auto' or a positive number, not {self.devices!r}")
+        if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
+            raise ConfigError(f"dtype must be auto, bf16, fp16 or fp32, not {self.dtype!r}")
+        if self.host not in ("0.0.0.0", "127.0.0.1", "::"):
+            raise ConfigError(f"host must be 0.0.0.0, 127.0.0.1 or :: (LitServe's rule), not {self.host!r}")
+        if not 1024 <= self.port <= 65535:
+            raise ConfigError(f"port must be between 1024 and 65535, not {self.port}")
+        for name in (
+            "max_batch_size",
+            "default_max_tokens",
+            "max_tokens_limit",
+            "max_image_bytes",
+            "max_image_pixels",
+            "max_query_chars",
+            "max_body_bytes",
+            "max_queue",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ConfigError("default_max_tokens must not exceed max_tokens_limit")
+        for name in ("batch_timeout", "fetch_timeout", "generation_timeout"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative")
+
+    @property
+    def embedded_store(self) -> bool:
+        return not self.qdrant_url
+
+    def describe(self) -> dict[str, Any]:
+        """The settings without secrets, for logs and /info."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("hf_token", "qdrant_api_key", "api_key"):
+                value = "***" if value else None
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def env_help() -> list[tuple[str, str, str]]:
+    """(variable names, default, meaning) for the README and `--help`."""
+    rows = []
+    for f in fields(Settings):
+        default = f.default if not isinstance(f.default, tuple) else ",".join(f.default)
+        rows.append(
+            (" / ".join(f.metadata["env"]), "" if default is None else str(default), f.metadata["help"])
+        )
+    return rows
+
+
+def _field(name: str) -> dataclasses.Field:
+    for f in fields(Settings):
+        if f.name == name:
+            return f
+    raise ConfigError(f"unknown setting {name!r}")
+
+
+def _coerce(f: dataclasses.Field, raw: str, source: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind.startswith("Path"):
+            return Path(raw).expanduser()
+        if kind.startswith("tuple"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"{source}={raw!r} is not a valid {kind}") from None
+    return raw

@@ -1,0 +1,62 @@
+"""Fixtures of the history tests: a tiny random CLIP built once per session in fastembed's layout, and
+settings that load it offline with a fresh data directory per test."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server.settings import Settings
+from tests.checkpoints.clip import build_tiny_clip
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the ONNX tracer's warnings about constant branches
+        return build_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture
+def settings(tiny_clip: tuple[Path, Path], tmp_path: Path) -> Settings:
+    text_dir, vision_dir = tiny_clip
+    return Settings.load(
+        overrides={
+            "text_model_path": text_dir,
+            "image_model_path": vision_dir,
+            "data_dir": tmp_path / "data",
+            "collection_name": "test_history",
+        },
+        environ={},
+        dotenv_path=None,
+    )
+
+
+@pytest.fixture(scope="session")
+def shared_embedders(tiny_clip: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory):
+    """One loaded pair of models for the whole session (loading is the slow part of a History)."""
+    from search.embedders import Embedders
+
+    text_dir, vision_dir = tiny_clip
+    settings = Settings.load(
+        overrides={"text_model_path": text_dir, "image_model_path": vision_dir,
+                   "data_dir": tmp_path_factory.mktemp("unused")},
+        environ={},
+        dotenv_path=None,
+    )
+    embedders = Embedders(settings)
+    embedders.load()
+    return embedders
+
+
+@pytest.fixture
+def history(settings: Settings, shared_embedders) -> Iterator:
+    from search.history import History
+
+    h = History(settings, embedders=shared_embedders)
+    h.start()
+    yield h
+    h.close()
