@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 THUMBNAIL_SIDE = 512
 MAX_LIMIT = 100
 AGAINST = ("images", "answers", "both")
+# In a fusion, a cross-modal list (text query vs images, image query vs answers) counts this much against a
+# same-modality list. CLIP's cross-modal cosines are lower and noisier than same-modality ones (the modality
+# gap); below 0.2, with RRF's k=2, a same-modality top hit can never be pushed off first place by one list.
+CROSS_MODAL_WEIGHT = 0.15
 PNG_MAX_COLORS = 4096  # diagrams (few colours) stay lossless PNG; photos become JPEG
 
 
@@ -176,7 +180,8 @@ class History:
         """Interactions nearest to the query text and/or image, best first, each with a `score`.
 
         Each query vector (text, image) is compared with the stored image vectors (`images`), answer
-        vectors (`answers`) or both; with more than one comparison the ranked lists are fused with RRF.
+        vectors (`answers`) or both; with more than one comparison the ranked lists are fused with RRF,
+        cross-modal lists weighted CROSS_MODAL_WEIGHT.
         Filters: created since/until (inclusive), user, and every one of `tags`."""
         if text is not None and not isinstance(text, str):
             raise InvalidQuery("text must be a string")
@@ -198,12 +203,16 @@ class History:
             raise InvalidQuery("user must be a string")
 
         targets = [IMAGE, TEXT] if against == "both" else [TARGETS[against]]
-        vectors = []
+        vectors = []  # (vector, the named vector of the same modality)
         if text:
-            vectors.append(self.embedders.embed_texts([text])[0])
+            vectors.append((self.embedders.embed_texts([text])[0], TEXT))
         if image is not None:
-            vectors.append(self.embedders.embed_images([image.convert("RGB")])[0])
-        probes = [Probe(vector=v, using=t) for v in vectors for t in targets]
+            vectors.append((self.embedders.embed_images([image.convert("RGB")])[0], IMAGE))
+        probes = [
+            Probe(vector=v, using=t, weight=1.0 if t == same else CROSS_MODAL_WEIGHT)
+            for v, same in vectors
+            for t in targets
+        ]
         hits = self.store.query(probes, build_filter(since_ts, until_ts, user, tags), limit, offset)
         rows = self.journal.get_many([id for id, _ in hits])
         return [{**rows[id].to_dict(), "score": score} for id, score in hits if id in rows]

@@ -118,6 +118,8 @@ class Indexer:
     def index_entries(self, entries: list[BacklogEntry]) -> int:
         """Embed and upsert these rows, then mark them indexed. StoreUnavailable propagates (nothing is
         marked); an embedding failure is retried row by row so that one bad row does not block the rest."""
+        if not entries:
+            return 0
         try:
             images = self.embedders.embed_images([e.image for e in entries])
             texts = self.embedders.embed_answers([e.interaction.answer for e in entries])

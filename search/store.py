@@ -42,12 +42,16 @@ class Point:
     payload: dict[str, Any]
 
 
+RRF_K = 2  # Qdrant's default ranking constant, set explicitly because the weights below depend on it
+
+
 @dataclass(frozen=True)
 class Probe:
-    """One query vector against one named vector (`IMAGE` or `TEXT`)."""
+    """One query vector against one named vector (`IMAGE` or `TEXT`), and its weight in a fusion."""
 
     vector: Sequence[float]
     using: str
+    weight: float = 1.0
 
 
 def build_filter(
@@ -209,7 +213,7 @@ class Store:
         self, probes: Sequence[Probe], query_filter: models.Filter | None, limit: int, offset: int = 0
     ) -> list[tuple[str, float]]:
         """(id, score) best first. One probe: its cosine score (MAX_SIM for `text`). Several: each probe is a
-        prefetch and the lists are fused with Reciprocal Rank Fusion (the score is then RRF's)."""
+        prefetch and the ranked lists are fused with (weighted) Reciprocal Rank Fusion; the score is RRF's."""
 
         def query_of(probe: Probe) -> Any:
             vector = [float(x) for x in probe.vector]
@@ -228,16 +232,22 @@ class Store:
                 )
             else:
                 depth = max(offset + limit, 50)  # each list must reach past the requested page to fuse well
-                result = client.query_points(
-                    self.collection,
-                    prefetch=[
-                        models.Prefetch(query=query_of(p), using=p.using, filter=query_filter, limit=depth)
-                        for p in probes
-                    ],
-                    query=models.FusionQuery(fusion=models.Fusion.RRF),
-                    query_filter=query_filter,
-                    limit=limit,
-                    offset=offset,
-                    with_payload=False,
-                )
+                prefetch = [
+                    models.Prefetch(query=query_of(p), using=p.using, filter=query_filter, limit=depth)
+                    for p in probes
+                ]
+                fusion: Any = models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=[p.weight for p in probes]))
+                try:
+                    result = client.query_points(
+                        self.collection, prefetch=prefetch, query=fusion, query_filter=query_filter,
+                        limit=limit, offset=offset, with_payload=False,
+                    )
+                except UnexpectedResponse as exc:
+                    if exc.status_code not in (400, 422):
+                        raise
+                    # a Qdrant server older than weighted RRF: plain RRF
+                    result = client.query_points(
+                        self.collection, prefetch=prefetch, query=models.FusionQuery(fusion=models.Fusion.RRF),
+                        query_filter=query_filter, limit=limit, offset=offset, with_payload=False,
+                    )
         return [(str(p.id), float(p.score)) for p in result.points]

@@ -17,9 +17,13 @@ from fastapi.routing import APIRoute
 from litserve.utils import WorkerSetupStatus
 from starlette.concurrency import run_in_threadpool
 
+from server.auth import install_auth
 from server.errors import ConfigError, install_error_handlers
+from server.history_routes import router as history_router
+from server.metrics import install_metrics
 from server.settings import Settings
 from server.spec import VisionSpec
+from server.ui import register_ui
 from server.worker import VisionAPI
 
 log = logging.getLogger(__name__)
@@ -87,13 +91,11 @@ def build_server(settings: Settings) -> VisionServer:
     app.state.server = server
     _replace_routes(app, {("GET", "/health")})
     app.add_api_route("/health", _health, methods=["GET"], summary="200 once the model and history are ready")
-    try:  # TEMPORARY until history_routes lands
-        from server.history_routes import router as history_router
-
-        app.include_router(history_router)
-    except ImportError:
-        pass
+    app.include_router(history_router)
+    register_ui(app)
     install_error_handlers(app)
+    install_auth(app, settings)
+    install_metrics(app, api.spec)
     _wrap_lifespan(app, settings)
     return server
 

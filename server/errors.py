@@ -88,13 +88,37 @@ def status_for(exc: Exception) -> int:
     return 500
 
 
-def error_response(exc: Exception) -> JSONResponse:
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
+
+def error_body(detail: str, status: int, path: str = "") -> dict:
+    """`{"detail"}` everywhere; on the OpenAI routes also OpenAI's `{"error": {"message", ...}}`, which is
+    what the openai client shows its users."""
+    body: dict = {"detail": detail}
+    if path.startswith("/v1/"):
+        body["error"] = {"message": detail, "type": _OPENAI_TYPES.get(status, "server_error"), "code": status}
+    return body
+
+
+def error_response(exc: Exception, path: str = "") -> JSONResponse:
     status = status_for(exc)
     headers = getattr(exc, "headers", None)
     if status >= 500 and not isinstance(exc, (VisionRAGError, StoreUnavailable)):
         log.error("unhandled error", exc_info=exc)
-        return JSONResponse({"detail": "internal server error; see the server log"}, status_code=500)
-    return JSONResponse({"detail": str(getattr(exc, "detail", exc))}, status_code=status, headers=headers)
+        return JSONResponse(
+            error_body("internal server error; see the server log", 500, path), status_code=500
+        )
+    detail = str(getattr(exc, "detail", exc))
+    return JSONResponse(error_body(detail, status, path), status_code=status, headers=headers)
 
 
 def describe_validation_error(exc: RequestValidationError) -> str:
@@ -106,15 +130,17 @@ def describe_validation_error(exc: RequestValidationError) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    async def known(_: Request, exc: Exception) -> JSONResponse:
-        return error_response(exc)
+    async def known(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc, request.url.path)
 
-    async def validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": describe_validation_error(exc)}, status_code=422)
+    async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        body = error_body(describe_validation_error(exc), 422, request.url.path)
+        return JSONResponse(body, status_code=422)
 
-    async def http(_: Request, exc: HTTPException) -> JSONResponse:
+    async def http(request: Request, exc: HTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+        body = error_body(detail, exc.status_code, request.url.path)
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     app.add_exception_handler(VisionRAGError, known)
     for kind in _FOREIGN_STATUS:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import http.client
 import io
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from server.errors import ImageFetchError, InvalidInput, PayloadTooLarge, UnsupportedImage
 from server.netguard import NetGuard, Resolver, Target, shorten
@@ -105,6 +106,8 @@ class ImageLoader:
         if m is None:
             raise InvalidInput("image_url is a malformed data URL: expected data:image/<type>;base64,<data>")
         media = m["type"].strip().lower()
+        if len(media) > 64:
+            raise InvalidInput("image_url is a malformed data URL: its media type is too long")
         params = [p.strip().lower() for p in m["params"].split(";") if p.strip()]
         source = f"data:{media}"
         if "base64" not in params:
@@ -150,6 +153,7 @@ class ImageLoader:
         """One GET to a checked address: the body, or the Location of a redirect."""
         watchdog = _Watchdog(deadline)
         conn = http.client.HTTPConnection(target.url.host, target.url.port)
+        conn.auto_open = 0  # http.client must never open (and resolve) a connection of its own
         try:
             conn.sock = self._connect(target, deadline, label, watchdog)
             return self._exchange(conn, target, label, watchdog.fired)
@@ -237,7 +241,7 @@ class ImageLoader:
                 img = Image.open(io.BytesIO(data), formats=FORMATS)
         except Image.DecompressionBombError:
             raise PayloadTooLarge(f"{what} has more pixels than the limit (decompression bomb)") from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        except Exception:  # UnidentifiedImageError, or a plugin choking on a malformed header
             raise UnsupportedImage(
                 f"{what} is not an image this server decodes ({', '.join(FORMATS)})"
             ) from None
@@ -250,6 +254,8 @@ class ImageLoader:
         try:
             img.load()
             return to_rgb(img)
+        except Image.DecompressionBombError:
+            raise PayloadTooLarge(f"{what} has more pixels than the limit (decompression bomb)") from None
         except Exception as exc:  # any decoder failure is the file's fault: 415, never 500
             raise UnsupportedImage(
                 f"{what} could not be decoded ({img.format}, {type(exc).__name__}: {exc})"
@@ -274,10 +280,8 @@ class ImageLoader:
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any decoded mode -> RGB: EXIF rotation applied, transparency over white, 16-bit scaled to 8."""
-    try:
+    with contextlib.suppress(Exception):  # a broken EXIF block is not worth refusing the image for
         img = ImageOps.exif_transpose(img) or img
-    except Exception:  # a broken EXIF block is not worth refusing the image for
-        pass
     mode = img.mode
     if mode == "RGB":
         return img.copy()
@@ -322,10 +326,8 @@ class _Watchdog:
             sock = self._sock
         if sock is None:
             return
-        try:  # socket.socket.shutdown, not SSLSocket's: wake the reader, leave TLS state alone
+        with contextlib.suppress(OSError):  # socket.socket's shutdown, not SSLSocket's: wake the reader
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def cancel(self) -> None:
         self._timer.cancel()

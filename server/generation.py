@@ -62,6 +62,7 @@ class Delta:
     finish_reason: str | None = None  # "stop", "length" or "time_limit"
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    batch_size: int = 0  # requests generated together with this one (for /metrics); set when done
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -351,7 +352,9 @@ class _RowTracker:
         self.finished[i] = True
         delta = self.text[i][len(self.emitted[i]) :]
         self.emitted[i] = self.text[i]
-        return Delta(delta, True, reason, int(self.prompt_tokens[i]), len(self.ids[i]))
+        return Delta(
+            delta, True, reason, int(self.prompt_tokens[i]), len(self.ids[i]), batch_size=len(self.finished)
+        )
 
     def _decode(self, i: int) -> str:
         """New text of row i: decode a window of recent tokens so multi-token characters come out whole

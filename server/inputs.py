@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -144,6 +144,13 @@ async def read_form(request: Request, settings: Settings) -> tuple[dict[str, Any
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {settings.max_body_bytes}")
     try:
         form = await request.form(max_files=1, max_fields=50)
+    except HTTPException as exc:  # LitServe's MaxSizeMiddleware stops a chunked body mid-read with 413
+        if exc.status_code != 413:
+            raise
+        limit = settings.max_body_bytes
+        raise PayloadTooLarge(
+            f"request body is larger than {limit} bytes (VISIONRAG_MAX_BODY_BYTES)"
+        ) from None
     except Exception as exc:  # starlette raises several kinds for broken multipart bodies
         raise BadRequest(f"could not read the multipart form: {exc}") from None
     data: dict[str, Any] = {}

@@ -68,9 +68,7 @@ _COMPAT = ipaddress.IPv6Network("::/96")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
 
-_AUTHORITY = re.compile(
-    r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::(?P<port>[0-9]{0,5}))?"
-)
+_AUTHORITY = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::(?P<port>[0-9]{0,5}))?")
 _V4_PART = re.compile(r"0[xX][0-9A-Fa-f]*|0[0-7]*|[1-9][0-9]*")
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 _NUMERIC_LABEL = re.compile(r"0[xX][0-9A-Fa-f]*|[0-9]+")
@@ -209,8 +207,11 @@ def parse_url(url: str, label: str | None = None) -> ParsedURL:
         host_header = host
     if m["port"]:
         host_header = f"{host_header}:{port}"
-    path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
-    query = quote(parts.query, safe="/?%:@!$&'()*+,;=-._~")
+    try:
+        path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
+        query = quote(parts.query, safe="/?%:@!$&'()*+,;=-._~")
+    except UnicodeEncodeError:  # lone surrogates, which JSON allows
+        raise InvalidInput(f"{shown} is not valid Unicode") from None
     target = f"{path}?{query}" if query else path
     return ParsedURL(url, scheme, host, port, target, host_header, ip)
 

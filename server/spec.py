@@ -49,6 +49,7 @@ class VisionSpec(LitSpec):
         self.settings = settings
         self.api_path = "/predict"
         self.inflight = 0
+        self.metrics: Any = None  # server/metrics.py: observes each answer's final delta
         self.created = int(time.time())
         self.add_endpoint("/predict", self.predict, ["POST"])
         self.add_endpoint("/v1/chat/completions", self.chat_completions, ["POST"])
@@ -240,6 +241,8 @@ class VisionSpec(LitSpec):
                 if not data:
                     continue
                 delta = json.loads(data) if isinstance(data, (str, bytes)) else data
+                if delta["done"] and self.metrics is not None:
+                    self.metrics.observe_answer(delta)
                 yield delta
                 if delta["done"]:
                     return
@@ -265,7 +268,12 @@ class VisionSpec(LitSpec):
             image_sha256=image.sha256,
         )
         await run_in_threadpool(request.app.state.history.record, interaction, image.image)
-        log.info("answered", extra={"interaction_id": interaction.id})
+        log.info(
+            "answered interaction_id=%s answer_chars=%d",
+            interaction.id,
+            len(answer),
+            extra={"interaction_id": interaction.id},
+        )
         return interaction.id
 
 

@@ -3,6 +3,7 @@ server (`visionrag serve` as a subprocess on 127.0.0.1) started on them."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -175,10 +176,8 @@ class ServerProcess:
             self._reap_group()
             return
         self.proc.send_signal(signal.SIGINT)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
         self._reap_group()
 
     def kill(self) -> None:
@@ -188,10 +187,8 @@ class ServerProcess:
     def _reap_group(self) -> None:
         if self.proc is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         self.proc.wait(10)
 
 

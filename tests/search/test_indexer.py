@@ -62,6 +62,7 @@ def test_backs_off_while_the_store_is_down(settings, shared_embedders) -> None:
 
 
 def test_poison_row_is_set_aside(history: History) -> None:
+    history.indexer.idle_wait = 0.1  # a failed row is retried at the next idle wake-up (30 s in service)
     good, bad = interaction("fine"), interaction("broken image")
     history.journal.add(bad, b"not an image", "image/png")
     history.record(good, diagram(3))

@@ -56,7 +56,9 @@ def test_every_ipv4_spelling_of_loopback_reads_as_127_0_0_1(spelling):
     assert parse_ipv4(spelling) == ipaddress.IPv4Address("127.0.0.1")
 
 
-@pytest.mark.parametrize("text", ["", "a.b.c.d", "1.2.3.4.5", "256.0.0.1", "08.0.0.1", "1.2.3.256", "1..2", "4294967296"])
+@pytest.mark.parametrize(
+    "text", ["", "a.b.c.d", "1.2.3.4.5", "256.0.0.1", "08.0.0.1", "1.2.3.256", "1..2", "4294967296"]
+)
 def test_non_addresses_are_not_read_as_ipv4(text):
     assert parse_ipv4(text) is None
 
@@ -124,7 +126,8 @@ def test_refused_ranges_name_their_rule(address, rule):
 
 
 @pytest.mark.parametrize(
-    "address", ["8.8.8.8", "93.184.216.34", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"]
+    "address",
+    ["8.8.8.8", "93.184.216.34", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"],
 )
 def test_public_addresses_pass(address):
     assert refusal(ipaddress.ip_address(address)) is None
@@ -231,7 +234,7 @@ def test_every_resolved_address_is_checked():
     guard = NetGuard(resolve=resolve)
     with pytest.raises(Refused, match=r"mixed\.test resolves to 10\.1\.2\.3, a private address"):
         guard.check("http://mixed.test/x.png")
-    with pytest.raises(Refused, match="169.254.169.254, a link-local"):
+    with pytest.raises(Refused, match=r"169\.254\.169\.254, a link-local"):
         guard.check("https://mapped.test/")
     target = guard.check("https://public.test/x.png")
     assert [str(a) for a in target.addresses] == ["93.184.216.34", "2606:4700::1"]
@@ -240,7 +243,12 @@ def test_every_resolved_address_is_checked():
 
 def test_allowlist_ip_cidr_and_name():
     resolve = fake_resolver(
-        {"cam.internal": ["10.9.8.7"], "other.internal": ["10.9.8.7"], "x.test": ["10.0.0.5"], "localhost": ["127.0.0.1"]}
+        {
+            "cam.internal": ["10.9.8.7"],
+            "other.internal": ["10.9.8.7"],
+            "x.test": ["10.0.0.5"],
+            "localhost": ["127.0.0.1"],
+        }
     )
     guard = NetGuard(["127.0.0.1", "10.0.0.0/24", "Cam.Internal.", "[::1]"], resolve=resolve)
     assert guard.check("http://127.0.0.1:9/").addresses == (ipaddress.ip_address("127.0.0.1"),)
@@ -260,7 +268,7 @@ def test_allowlist_ip_cidr_and_name():
 
 def test_resolution_failures_are_fetch_errors():
     guard = NetGuard(resolve=fake_resolver({"empty.test": []}))
-    with pytest.raises(ImageFetchError, match="nowhere.test did not resolve"):
+    with pytest.raises(ImageFetchError, match=r"nowhere\.test did not resolve"):
         guard.check("http://nowhere.test/x.png")
     with pytest.raises(ImageFetchError, match="resolved to no address"):
         guard.check("http://empty.test/x.png")
@@ -275,8 +283,27 @@ def test_a_hanging_resolver_is_bounded_by_the_timeout():
 
     start = time.monotonic()
     try:
-        with pytest.raises(ImageFetchError, match="resolving slow.test timed out"):
+        with pytest.raises(ImageFetchError, match=r"resolving slow\.test timed out"):
             NetGuard(resolve=hang).check("http://slow.test/", timeout=0.2)
     finally:
         release.set()
     assert time.monotonic() - start < 2
+
+
+URL_PIECES = st.sampled_from(
+    ["http://", "https://", "HTTP://", "data:", "file:", "[", "]", "::", ":", "@", "%", "\\", "/", "?", "#", ".",
+     "127", "0x7f", "0177", "1", "ffff", "localhost", "a.test", "xn--", "\ud800", "\x00", " ", "\u00e9", "99999"]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(st.one_of(st.text(max_size=60), st.lists(URL_PIECES, max_size=12).map("".join)))
+def test_check_answers_any_string_with_a_4xx_never_a_crash(url):
+    guard = NetGuard(["a.test"], resolve=fake_resolver({"a.test": ["127.0.0.1"], "localhost": ["127.0.0.1"]}))
+    try:
+        target = guard.check(url, timeout=1)
+    except (InvalidInput, ImageFetchError) as exc:
+        assert 400 <= exc.status_code < 500
+    else:
+        assert target.url.scheme in ("http", "https") and target.addresses
+        assert all(0x20 < ord(c) < 0x7F for c in target.url.target + target.url.host_header)

@@ -50,7 +50,10 @@ def test_data_url_and_upload_give_the_same_answer_as_the_url(server, image_serve
 def test_concurrent_requests_each_get_their_own_answer(server, image_server) -> None:
     """Requests batched together keep their own max_tokens, and greedy answers equal the answers
     each gets alone."""
-    cases = [(f"/predict/c{i}.png", diagram_png(10 + i), f"question {i} about the api gateway", 3 + 2 * i) for i in range(6)]
+    cases = [
+        (f"/predict/c{i}.png", diagram_png(10 + i), f"question {i} about the api gateway", 3 + 2 * i)
+        for i in range(6)
+    ]
     for path, png, _, _ in cases:
         image_server.add(path, png)
 
@@ -105,9 +108,19 @@ BAD_REQUESTS = [
     ("no query", {"image_url": "IMG"}, 422, "user_query"),
     ("empty query", {"image_url": "IMG", "user_query": "  "}, 422, "empty"),
     ("no image", {"user_query": "what"}, 422, "no image"),
-    ("wrong type of max_tokens", {"image_url": "IMG", "user_query": "q", "max_tokens": "ten"}, 422, "max_tokens"),
+    (
+        "wrong type of max_tokens",
+        {"image_url": "IMG", "user_query": "q", "max_tokens": "ten"},
+        422,
+        "max_tokens",
+    ),
     ("max_tokens out of range", {"image_url": "IMG", "user_query": "q", "max_tokens": 0}, 422, "max_tokens"),
-    ("temperature out of range", {"image_url": "IMG", "user_query": "q", "temperature": 9}, 422, "temperature"),
+    (
+        "temperature out of range",
+        {"image_url": "IMG", "user_query": "q", "temperature": 9},
+        422,
+        "temperature",
+    ),
     ("query of the wrong type", {"image_url": "IMG", "user_query": ["a"]}, 422, "user_query"),
     ("not an object", ["IMG"], 422, "JSON object"),
     ("bad scheme", {"image_url": "file:///etc/passwd", "user_query": "q"}, 422, "scheme"),
@@ -137,7 +150,9 @@ def bad_urls(image_server) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize(("name", "body", "status", "mentions"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    ("name", "body", "status", "mentions"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS]
+)
 def test_bad_input_gets_a_clear_4xx(server, bad_urls, name, body, status, mentions) -> None:
     if isinstance(body, dict):
         body = {k: bad_urls.get(v, v) if isinstance(v, str) else v for k, v in body.items()}
@@ -148,16 +163,24 @@ def test_bad_input_gets_a_clear_4xx(server, bad_urls, name, body, status, mentio
 
 
 def test_malformed_json_and_empty_body(server, bad_urls) -> None:
-    r = requests.post(f"{server.url}/predict", data=b'{"user_query": ', headers={"content-type": "application/json"})
+    r = requests.post(
+        f"{server.url}/predict", data=b'{"user_query": ', headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400 and "JSON" in r.json()["detail"]
     r = requests.post(f"{server.url}/predict", data=b"", headers={"content-type": "application/json"})
     assert r.status_code == 400
 
 
 def test_multipart_errors(server) -> None:
-    r = requests.post(f"{server.url}/predict", data={"user_query": "q"}, files={"image": ("x.txt", b"text", "text/plain")})
+    r = requests.post(
+        f"{server.url}/predict", data={"user_query": "q"}, files={"image": ("x.txt", b"text", "text/plain")}
+    )
     assert r.status_code == 415
-    r = requests.post(f"{server.url}/predict", data={"user_query": "q", "max_tokens": "x"}, files={"image": ("a.png", diagram_png(), "image/png")})
+    r = requests.post(
+        f"{server.url}/predict",
+        data={"user_query": "q", "max_tokens": "x"},
+        files={"image": ("a.png", diagram_png(), "image/png")},
+    )
     assert r.status_code == 422 and "max_tokens" in r.json()["detail"]
 
 
