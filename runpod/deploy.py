@@ -18,11 +18,10 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import requests
+from rest import DeployError, RunPod, response_id, wait_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_API_URL = "https://rest.runpod.io/v1"
@@ -62,13 +61,6 @@ Use it at `https://{POD_ID}-8000.proxy.runpod.net`: the web page at `/`, `POST /
 `POST /v1/chat/completions` (OpenAI), `POST /history/search`. RunPod's proxy cuts a request at
 100 s (Cloudflare 524): ask for long answers with `"stream": true`.
 """
-
-
-class DeployError(Exception):
-    """Anything that should end the script with a message and exit status 1."""
-
-
-# ---------------------------------------------------------------- request bodies
 
 
 def secret_ref(name: str) -> str:
@@ -150,66 +142,6 @@ def proxy_url(pod_id: str, port: int) -> str:
     return f"https://{pod_id}-{port}.proxy.runpod.net"
 
 
-# ---------------------------------------------------------------- the API
-
-
-class RunPod:
-    def __init__(self, api_url: str, api_key: str, timeout: float) -> None:
-        self.api_url = api_url.rstrip("/")
-        self.timeout = timeout
-        self.session = requests.Session()
-        self.session.headers.update({"Authorization": f"Bearer {api_key}", "Accept": "application/json"})
-
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        url = f"{self.api_url}{path}"
-        try:
-            resp = self.session.request(method, url, json=body, timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise DeployError(f"cannot reach the RunPod API at {url}: {exc}") from None
-        if resp.status_code >= 400:
-            hint = ""
-            if resp.status_code in (401, 403):
-                hint = (
-                    " (check RUNPOD_API_KEY: a key with read/write access,"
-                    " from the RunPod console > Settings > API Keys)"
-                )
-            raise DeployError(
-                f"RunPod API {method} {path} answered {resp.status_code}: {api_message(resp)}{hint}"
-            )
-        if not resp.content:
-            return None
-        try:
-            return resp.json()
-        except ValueError:
-            raise DeployError(
-                f"RunPod API {method} {path} answered with something that is not JSON: {resp.text[:300]!r}"
-            ) from None
-
-    def find_template(self, name: str) -> dict[str, Any] | None:
-        listing = self.call("GET", "/templates")
-        if isinstance(listing, dict):  # tolerate {"templates": [...]} / {"data": [...]}
-            listing = listing.get("templates") or listing.get("data") or []
-        for tpl in listing or []:
-            if isinstance(tpl, dict) and tpl.get("name") == name:
-                return tpl
-        return None
-
-
-def api_message(resp: requests.Response) -> str:
-    """The API's own words for an error, whatever shape the body has."""
-    try:
-        data = resp.json()
-    except ValueError:
-        text = resp.text.strip()
-        return text[:500] if text else resp.reason or "no message"
-    if isinstance(data, dict):
-        for key in ("error", "message", "detail", "errors"):
-            value = data.get(key)
-            if value:
-                return value if isinstance(value, str) else json.dumps(value)
-    return json.dumps(data)[:500]
-
-
 # ---------------------------------------------------------------- steps
 
 
@@ -217,7 +149,7 @@ def deploy_template(api: RunPod, args: argparse.Namespace) -> str:
     existing = api.find_template(args.name)
     if existing is None:
         created = api.call("POST", "/templates", template_body(args))
-        template_id = _id(created, "template")
+        template_id = response_id(created, "template")
         print(f"created template {args.name!r} ({template_id}) with image {args.image}")
         return template_id
     if existing.get("isServerless"):
@@ -232,67 +164,13 @@ def deploy_template(api: RunPod, args: argparse.Namespace) -> str:
 
 def create_pod(api: RunPod, args: argparse.Namespace, template_id: str) -> str:
     pod = api.call("POST", "/pods", pod_body(args, template_id))
-    pod_id = _id(pod, "pod")
+    pod_id = response_id(pod, "pod")
     cost = pod.get("costPerHr") if isinstance(pod, dict) else None
     price = f", {cost} $/h" if cost else ""
     print(f"created pod {pod_id} on {args.gpu_count} x {args.gpu_type} ({args.cloud_type} cloud{price})")
     print(f"URL: {proxy_url(pod_id, args.port)}")
     print(f"     web page {proxy_url(pod_id, args.port)}/   health {proxy_url(pod_id, args.port)}/health")
     return pod_id
-
-
-def wait_healthy(base: str, wait: float, poll: float, pod_id: str) -> None:
-    """Poll {base}/health until 200, showing elapsed time and the last answer, for at most `wait` s."""
-    url = base.rstrip("/") + "/health"
-    tty = sys.stdout.isatty()
-    start = time.monotonic()
-    last = "no answer yet"
-    print(
-        f"waiting up to {int(wait)} s for {url} (first start downloads ~22 GB, then loads one model per GPU)"
-    )
-    while True:
-        elapsed = time.monotonic() - start
-        try:
-            resp = requests.get(url, timeout=min(10.0, max(poll, 1.0)))
-            if resp.status_code == 200:
-                _progress(tty, elapsed, wait, "200 ready", final=True)
-                print(f"healthy after {int(elapsed)} s")
-                return
-            last = f"{resp.status_code} {_short(resp)}"
-        except requests.RequestException as exc:
-            last = f"not reachable yet ({type(exc).__name__})"
-        _progress(tty, elapsed, wait, last)
-        if elapsed >= wait:
-            if tty:
-                print()
-            raise DeployError(
-                f"{url} not healthy after {int(wait)} s (last: {last}). "
-                f"The pod {pod_id} is still running and "
-                "billing: read its logs in the RunPod console, wait longer, or stop it there."
-            )
-        time.sleep(min(poll, wait - elapsed))
-
-
-def _progress(tty: bool, elapsed: float, wait: float, last: str, final: bool = False) -> None:
-    width = 30
-    done = int(width * min(1.0, elapsed / wait)) if wait > 0 else width
-    bar = "#" * done + "." * (width - done)
-    line = f"[{bar}] {int(elapsed):>5d}/{int(wait)} s  /health: {last}"
-    if tty:
-        print("\r" + line[:120].ljust(120), end="\n" if final else "", flush=True)
-    else:
-        print(line, flush=True)
-
-
-def _short(resp: requests.Response) -> str:
-    text = " ".join(resp.text.split())
-    return (text[:60] + "...") if len(text) > 60 else text
-
-
-def _id(obj: Any, what: str) -> str:
-    if isinstance(obj, dict) and obj.get("id"):
-        return str(obj["id"])
-    raise DeployError(f"the RunPod API created a {what} but its answer has no id: {json.dumps(obj)[:300]}")
 
 
 def dry_run(args: argparse.Namespace) -> None:

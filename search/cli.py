@@ -31,12 +31,8 @@ Settings come from flags, then the environment, then .env (see `visionrag serve 
     default=None,
     help="Folder of the journal and the embedded store [env VISIONRAG_DATA_DIR; default ./data].",
 )
-@click.option(
-    "--text-model", default=None, help="fastembed CLIP text model name [env TEXT_MODEL]."
-)
-@click.option(
-    "--image-model", default=None, help="fastembed CLIP vision model name [env IMAGE_MODEL]."
-)
+@click.option("--text-model", default=None, help="fastembed CLIP text model name [env TEXT_MODEL].")
+@click.option("--image-model", default=None, help="fastembed CLIP vision model name [env IMAGE_MODEL].")
 @click.option(
     "--text-model-path",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -57,7 +53,9 @@ Settings come from flags, then the environment, then .env (see `visionrag serve 
 @click.option(
     "--qdrant-api-key", default=None, help="API key for --qdrant-url [env QDRANT_API_KEY / DB_API_KEY]."
 )
-@click.option("--collection", default=None, help="Collection name [env COLLECTION_NAME; default visionrag_history].")
+@click.option(
+    "--collection", default=None, help="Collection name [env COLLECTION_NAME; default visionrag_history]."
+)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def reindex_command(
     data_dir: Path | None,
@@ -93,14 +91,18 @@ def reindex_command(
     history = History(settings)
     try:
         total = history.journal.count()
-        click.echo(f"reindexing {total} interactions into {settings.collection_name!r} at {history.store.where}",
-                   err=True)
+        click.echo(
+            f"reindexing {total} interactions into {settings.collection_name!r} at {history.store.where}",
+            err=True,
+        )
         indexed = history.reindex(progress=progress)
         failed = history.status().get("failed") or 0
     except HistoryError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         history.close()
-    click.echo(f"indexed {indexed} of {total} interactions" + (f"; {failed} could not be embedded" if failed else ""))
+    click.echo(
+        f"indexed {indexed} of {total} interactions" + (f"; {failed} could not be embedded" if failed else "")
+    )
     if failed:
         raise SystemExit(1)

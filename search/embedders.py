@@ -106,7 +106,9 @@ class Embedders:
                 if self._text is None:
                     from fastembed import TextEmbedding
 
-                    model = TextEmbedding(self.settings.text_model, **self._kwargs(self.settings.text_model_path))
+                    model = TextEmbedding(
+                        self.settings.text_model, **self._kwargs(self.settings.text_model_path)
+                    )
                     self._counter = self._make_counter(model)
                     self._text_dim = int(np.asarray(next(iter(model.embed(["dimension probe"])))).shape[-1])
                     self._text = model

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 512
 MAX_LIMIT = 100
+MAX_OFFSET = 1_000_000_000  # SQLite and Qdrant take 64-bit offsets; a larger one would be a 500
 AGAINST = ("images", "answers", "both")
 # In a fusion, a cross-modal list (text query vs images, image query vs answers) counts this much against a
 # same-modality list. CLIP's cross-modal cosines are lower and noisier than same-modality ones (the modality
@@ -74,8 +75,8 @@ def parse_time(value: datetime | str | float | None, name: str) -> float | None:
 def _check_page(limit: Any, offset: Any) -> tuple[int, int]:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise InvalidQuery(f"limit must be an integer from 1 to {MAX_LIMIT}, not {limit!r}")
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise InvalidQuery(f"offset must be a non-negative integer, not {offset!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+        raise InvalidQuery(f"offset must be an integer from 0 to {MAX_OFFSET}, not {offset!r}")
     return limit, offset
 
 

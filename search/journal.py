@@ -10,6 +10,7 @@ that could not reach the store wait in `pending_deletes` until they can.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -125,10 +126,8 @@ class Journal:
             self._closed = True
             connections, self._connections = self._connections, []
         for conn in connections:
-            try:
+            with contextlib.suppress(sqlite3.ProgrammingError):  # closed from its own thread already
                 conn.close()
-            except sqlite3.ProgrammingError:  # closed from its own thread already
-                pass
         self._local = threading.local()
 
     # -- write path -------------------------------------------------------------------------------
@@ -185,7 +184,9 @@ class Journal:
         return {row[0]: _to_interaction(row) for row in rows}
 
     def image(self, id: str) -> tuple[bytes, str] | None:
-        row = self._conn().execute("SELECT image, image_type FROM interactions WHERE id = ?", (id,)).fetchone()
+        row = (
+            self._conn().execute("SELECT image, image_type FROM interactions WHERE id = ?", (id,)).fetchone()
+        )
         return (bytes(row[0]), row[1]) if row else None
 
     def list(self, limit: int, offset: int = 0, user: str | None = None) -> list[Interaction]:
@@ -215,13 +216,22 @@ class Journal:
 
     def backlog_stats(self, max_attempts: int) -> tuple[int, float | None, int]:
         """(rows waiting, created_ts of the oldest waiting row, rows given up on)."""
-        waiting, oldest = self._conn().execute(
-            "SELECT count(*), min(created_ts) FROM interactions WHERE indexed_at IS NULL AND attempts < ?",
-            (max_attempts,),
-        ).fetchone()
-        failed = self._conn().execute(
-            "SELECT count(*) FROM interactions WHERE indexed_at IS NULL AND attempts >= ?", (max_attempts,)
-        ).fetchone()[0]
+        waiting, oldest = (
+            self._conn()
+            .execute(
+                "SELECT count(*), min(created_ts) FROM interactions WHERE indexed_at IS NULL AND attempts < ?",
+                (max_attempts,),
+            )
+            .fetchone()
+        )
+        failed = (
+            self._conn()
+            .execute(
+                "SELECT count(*) FROM interactions WHERE indexed_at IS NULL AND attempts >= ?",
+                (max_attempts,),
+            )
+            .fetchone()[0]
+        )
         return waiting, oldest, failed
 
     def mark_indexed(self, ids: Sequence[str], at: float | None = None) -> set[str]:
@@ -238,7 +248,9 @@ class Journal:
                 f"UPDATE interactions SET indexed_at = ?, attempts = 0, last_error = NULL WHERE id IN ({marks})",
                 (at, *ids),
             )
-            present = {r[0] for r in conn.execute(f"SELECT id FROM interactions WHERE id IN ({marks})", tuple(ids))}
+            present = {
+                r[0] for r in conn.execute(f"SELECT id FROM interactions WHERE id IN ({marks})", tuple(ids))
+            }
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -262,7 +274,9 @@ class Journal:
     def pending_deletes(self, limit: int = 256) -> list[str]:
         return [
             row[0]
-            for row in self._conn().execute("SELECT id FROM pending_deletes ORDER BY deleted_at LIMIT ?", (limit,))
+            for row in self._conn().execute(
+                "SELECT id FROM pending_deletes ORDER BY deleted_at LIMIT ?", (limit,)
+            )
         ]
 
     def clear_pending_deletes(self, ids: Sequence[str]) -> None:

@@ -239,15 +239,25 @@ class Store:
                 fusion: Any = models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=[p.weight for p in probes]))
                 try:
                     result = client.query_points(
-                        self.collection, prefetch=prefetch, query=fusion, query_filter=query_filter,
-                        limit=limit, offset=offset, with_payload=False,
+                        self.collection,
+                        prefetch=prefetch,
+                        query=fusion,
+                        query_filter=query_filter,
+                        limit=limit,
+                        offset=offset,
+                        with_payload=False,
                     )
                 except UnexpectedResponse as exc:
                     if exc.status_code not in (400, 422):
                         raise
                     # a Qdrant server older than weighted RRF: plain RRF
                     result = client.query_points(
-                        self.collection, prefetch=prefetch, query=models.FusionQuery(fusion=models.Fusion.RRF),
-                        query_filter=query_filter, limit=limit, offset=offset, with_payload=False,
+                        self.collection,
+                        prefetch=prefetch,
+                        query=models.FusionQuery(fusion=models.Fusion.RRF),
+                        query_filter=query_filter,
+                        limit=limit,
+                        offset=offset,
+                        with_payload=False,
                     )
         return [(str(p.id), float(p.score)) for p in result.points]

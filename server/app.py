@@ -135,7 +135,6 @@ def _wrap_lifespan(app: FastAPI, settings: Settings) -> None:
     """Open the API process's shared state when it starts serving: it runs in exactly one process, so
     the embedded vector store has exactly one owner however many GPU workers there are."""
     from search.history import History
-
     from server.fetch import ImageLoader
 
     inner = app.router.lifespan_context

@@ -15,7 +15,7 @@ from server.settings import Settings
 
 SECRETS = {"hf_token", "api_key", "qdrant_api_key"}
 SHORT_NAMES = {"model_name": "--model", "collection_name": "--collection"}
-_TYPES: dict[str, Any] = {"int": int, "float": float}
+_TYPES: dict[str, Any] = {"int": int, "float": float, "bool": click.BOOL}
 
 
 def _settings_options(command: Any) -> Any:

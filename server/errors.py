@@ -103,6 +103,7 @@ _OPENAI_TYPES = {
 def error_body(detail: str, status: int, path: str = "") -> dict:
     """`{"detail"}` everywhere; on the OpenAI routes also OpenAI's `{"error": {"message", ...}}`, which is
     what the openai client shows its users."""
+    detail = detail.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate would not encode
     body: dict = {"detail": detail}
     if path.startswith("/v1/"):
         body["error"] = {"message": detail, "type": _OPENAI_TYPES.get(status, "server_error"), "code": status}

@@ -42,15 +42,28 @@ class GenerationRequest:
     messages: list[dict[str, Any]]
     image: Any
     sampling: Sampling
+    # False: the caller wants only the answer, so the text comes in the final delta alone instead of one
+    # delta per step (each delta is an IPC message between the worker and the API process)
+    stream: bool = True
 
     def to_wire(self) -> dict[str, Any]:
-        return {"messages": self.messages, "image": self.image, "sampling": asdict(self.sampling)}
+        return {
+            "messages": self.messages,
+            "image": self.image,
+            "sampling": asdict(self.sampling),
+            "stream": self.stream,
+        }
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> GenerationRequest:
         sampling = dict(data["sampling"])
         sampling["stop"] = tuple(sampling.get("stop") or ())
-        return cls(messages=data["messages"], image=data["image"], sampling=Sampling(**sampling))
+        return cls(
+            messages=data["messages"],
+            image=data["image"],
+            sampling=Sampling(**sampling),
+            stream=data.get("stream", True),
+        )
 
 
 @dataclass
@@ -88,10 +101,13 @@ def resolve_dtype(dtype: str, device: str):
 class VisionModel:
     """A loaded Mllama model + processor that generates for a batch of requests."""
 
-    def __init__(self, model: Any, processor: Any, name: str) -> None:
+    def __init__(self, model: Any, processor: Any, name: str, *, compile: bool = False) -> None:
         self.model = model
         self.processor = processor
         self.name = name
+        # a static KV cache: on a GPU, `generate` then compiles the decoding step with torch.compile
+        # (CUDA graphs); greedy answers stay the same (checked on CPU with transformers 5.23)
+        self.compile = compile
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"
         eos = model.generation_config.eos_token_id
@@ -111,6 +127,7 @@ class VisionModel:
         dtype: str = "auto",
         token: str | None = None,
         attn_implementation: str = "sdpa",
+        compile: bool = False,
     ) -> VisionModel:
         """Load from a hub id or a local directory. `replicate` puts the whole model on `device`;
         `shard` spreads it over every visible GPU with `device_map="auto"`."""
@@ -129,7 +146,7 @@ class VisionModel:
             attn_implementation=attn_implementation,
         ).eval()
         log.info("loaded %s in %.1f s", name, time.monotonic() - started)
-        return cls(model, processor, name)
+        return cls(model, processor, name, compile=compile)
 
     # -- preparing inputs -------------------------------------------------------------------------
     def prepare(self, requests: Sequence[GenerationRequest]) -> Any:
@@ -156,8 +173,9 @@ class VisionModel:
 
     # -- generating --------------------------------------------------------------------------------
     def stream(self, requests: Sequence[GenerationRequest]) -> Iterator[list[Delta | None]]:
-        """Yield, after every decoding step, one entry per request: its new text, or None when it has
-        nothing new. Each request's last entry has `done=True`."""
+        """Yield, after every decoding step that has news for some request, one entry per request: its
+        new text, or None when it has nothing new. Each request's last entry has `done=True`; a request
+        with `stream=False` gets only that one, carrying its whole text."""
         import torch
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
@@ -169,6 +187,7 @@ class VisionModel:
             do_sample=False,
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
+            cache_implementation="static" if self.compile else None,
         )
         kwargs = {
             **inputs,
@@ -268,6 +287,7 @@ class _RowTracker:
     ) -> None:
         self.tokenizer = tokenizer
         self.samplings = [r.sampling for r in requests]
+        self.streaming = [r.stream for r in requests]
         self.prompt_tokens = prompt_tokens
         self.eos_ids = set(eos_ids)
         n = len(requests)
@@ -294,7 +314,8 @@ class _RowTracker:
         step: list[Delta | None] = []
         for i, token in enumerate(tokens):
             step.append(None if self.finished[i] else self._advance(i, token, elapsed))
-        self.queue.put(step)
+        if any(d is not None for d in step):
+            self.queue.put(step)
 
     def end(self) -> None:
         step: list[Delta | None] = []
@@ -341,6 +362,8 @@ class _RowTracker:
             return self._finish(i, "length")
         if sampling.time_limit is not None and elapsed >= sampling.time_limit:
             return self._finish(i, "time_limit")
+        if not self.streaming[i]:
+            return None
         visible = len(self.text[i]) - _held_back(self.text[i], sampling.stop)
         delta = self.text[i][len(self.emitted[i]) : visible]
         if not delta:

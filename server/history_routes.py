@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from search.errors import InvalidQuery
 from server.errors import BadRequest, InvalidInput, PayloadTooLarge
-from server.inputs import is_multipart, read_form
+from server.inputs import is_multipart, read_form, valid_unicode
 
 router = APIRouter(tags=["history"])
 
@@ -67,6 +67,8 @@ async def _read_json(request: Request) -> dict[str, Any]:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
+    if not valid_unicode(body):  # a lone \ud800 escape would fail the CLIP tokenizer with a 500
+        raise BadRequest("the body contains a lone UTF-16 surrogate (like \\ud800); send valid Unicode")
     return body
 
 
@@ -128,7 +130,9 @@ async def get_interaction(request: Request, id: str) -> JSONResponse:
     return JSONResponse(await run_in_threadpool(request.app.state.history.get, id))
 
 
-@router.get("/history/{id}/image", summary="The stored copy of an interaction's image (longest side <= 512 px)")
+@router.get(
+    "/history/{id}/image", summary="The stored copy of an interaction's image (longest side <= 512 px)"
+)
 async def get_interaction_image(request: Request, id: str) -> Response:
     data, media_type = await run_in_threadpool(request.app.state.history.image, id)
     # Immutable per id; `private` because the server may sit behind an API key.

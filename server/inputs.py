@@ -110,9 +110,30 @@ async def read_json(request: Request, settings: Settings) -> Any:
     if not body:
         raise BadRequest("request body is empty; send JSON")
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not valid_unicode(data):  # a lone \ud800 escape would fail the model worker (and its whole batch)
+        raise BadRequest("request body contains a lone UTF-16 surrogate (like \\ud800); send valid Unicode")
+    return data
+
+
+def valid_unicode(value: Any) -> bool:
+    """False if any string (key or value) holds a lone surrogate, which JSON escapes allow."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 def validate(model: type[BaseModel], data: Any) -> Any:

@@ -45,6 +45,13 @@ class Settings:
         default="auto",
         metadata=_env("VISIONRAG_DTYPE", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32"),
     )
+    compile: bool = field(
+        default=False,
+        metadata=_env(
+            "VISIONRAG_COMPILE",
+            help="static KV cache, which generate compiles with torch.compile on a GPU (off until measured)",
+        ),
+    )
     max_batch_size: int = field(
         default=8, metadata=_env("VISIONRAG_MAX_BATCH_SIZE", help="requests generated together at most")
     )
@@ -225,6 +232,18 @@ def _field(name: str) -> dataclasses.Field:
     raise ConfigError(f"unknown setting {name!r}")
 
 
+_BOOLS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+
+
 def _coerce(f: dataclasses.Field, raw: str, source: str) -> Any:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     try:
@@ -232,6 +251,11 @@ def _coerce(f: dataclasses.Field, raw: str, source: str) -> Any:
             return int(raw)
         if kind == "float":
             return float(raw)
+        if kind == "bool":
+            value = raw.strip().lower()
+            if value not in _BOOLS:
+                raise ValueError(raw)
+            return _BOOLS[value]
         if kind.startswith("Path"):
             return Path(raw).expanduser()
         if kind.startswith("tuple"):

@@ -21,6 +21,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, ResponseBufferItem
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from server import inputs
@@ -80,6 +81,7 @@ class VisionSpec(LitSpec):
                 return StreamingResponse(
                     release.after(self._predict_lines(request, ask, image, deltas)),
                     media_type="application/x-ndjson",
+                    background=release.background(),
                 )
             text, final = await _collect(deltas)
             interaction_id = await self._record(request, ask, image, text)
@@ -104,6 +106,7 @@ class VisionSpec(LitSpec):
                 return StreamingResponse(
                     release.after(self._chat_events(request, ask, image, deltas)),
                     media_type="text/event-stream",
+                    background=release.background(),
                 )
             text, final = await _collect(deltas)
             interaction_id = await self._record(request, ask, image, text)
@@ -232,7 +235,7 @@ class VisionSpec(LitSpec):
         queue: deque = deque()
         event = asyncio.Event()
         self.response_buffer[uid] = ResponseBufferItem(event=event, response_queue=queue)
-        payload = GenerationRequest(ask.messages, image.data, ask.sampling).to_wire()
+        payload = GenerationRequest(ask.messages, image.data, ask.sampling, stream=ask.stream).to_wire()
         try:
             self.request_queue.put((self.response_queue_id, uid, time.monotonic(), payload))
             async for data, status in self.data_streamer(queue, event, send_status=True):
@@ -279,11 +282,13 @@ class VisionSpec(LitSpec):
 
 class _Admission:
     """Bounds the requests waiting or running; the excess gets 503 with Retry-After, not a longer queue.
-    A streamed answer keeps its place until its last line is sent (`after`)."""
+    A streamed answer keeps its place until its last line is sent (`after`) or its client goes away
+    (`background`, run by the StreamingResponse either way); the place is given back exactly once."""
 
     def __init__(self, spec: VisionSpec) -> None:
         self.spec = spec
         self.handed_over = False
+        self.released = False
 
     async def __aenter__(self) -> _Admission:
         if self.spec.inflight >= self.spec.settings.max_queue:
@@ -296,15 +301,28 @@ class _Admission:
 
     async def __aexit__(self, *exc: object) -> None:
         if not self.handed_over:
+            self.release()
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
             self.spec.inflight -= 1
 
-    async def after(self, body: AsyncIterator[str]) -> AsyncIterator[str]:
+    def after(self, body: AsyncIterator[str]) -> AsyncIterator[str]:
+        """The streamed body; from now on the body (not the handler's `async with`) gives the place back."""
         self.handed_over = True
+        return self._release_after(body)
+
+    def background(self) -> BackgroundTask:
+        """For the StreamingResponse: releases even if the body never ran (client gone before it began)."""
+        return BackgroundTask(self.release)
+
+    async def _release_after(self, body: AsyncIterator[str]) -> AsyncIterator[str]:
         try:
             async for part in body:
                 yield part
         finally:
-            self.spec.inflight -= 1
+            self.release()
 
 
 async def _collect(deltas: AsyncIterator[dict]) -> tuple[str, dict[str, Any]]:

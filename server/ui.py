@@ -2,7 +2,8 @@
 
 The page is plain HTML/CSS/JS shipped as package data (no CDN, no build step: a pod may have no internet).
 It talks to the same HTTP contract as every other client, so it needs no routes of its own; these paths
-carry no data and stay public when an API key is set (the page asks for the key when a route answers 401).
+carry no data and stay public when an API key is set (server/auth.py); the page asks for the key when a
+route answers 401.
 """
 
 from __future__ import annotations
@@ -16,11 +17,6 @@ from fastapi.staticfiles import StaticFiles
 STATIC_DIR = Path(__file__).with_name("static")
 PAGE_PATHS = ("/", "/ui")
 STATIC_PREFIX = "/static"
-
-
-def is_public_path(path: str) -> bool:
-    """True for the page and its static files (for an API-key check: these never need the key)."""
-    return path in PAGE_PATHS or path == "/ui/" or path.startswith(STATIC_PREFIX + "/")
 
 
 async def _page() -> FileResponse:

@@ -34,7 +34,12 @@ class VisionAPI(ls.LitAPI):
         if s.placement == "shard":
             log.info("worker %s: sharding %s over all visible GPUs", os.getpid(), s.model_name)
         self.model = VisionModel.load(
-            s.model_name, device=device, placement=s.placement, dtype=s.dtype, token=s.hf_token
+            s.model_name,
+            device=device,
+            placement=s.placement,
+            dtype=s.dtype,
+            token=s.hf_token,
+            compile=s.compile,
         )
 
     def decode_request(self, request: dict[str, Any]) -> GenerationRequest:

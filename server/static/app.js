@@ -366,7 +366,7 @@ function openDetail(r) {
   if (typeof r.score === "number") rows.push(["Score", r.score.toFixed(4)]);
   if (r.tags && r.tags.length) rows.push(["Tags", r.tags.join(", ")]);
   if (r.user) rows.push(["User", r.user]);
-  if (r.image_url) rows.push(["Image URL", r.image_url]);
+  if (/^(https?|data):/i.test(r.image_url || "")) rows.push(["Image URL", r.image_url]);
   rows.push(["Id", r.id]);
   for (const [name, value] of rows) fields.append(el("dt", { textContent: name }), el("dd", { textContent: value ?? "" }));
   showError($("detail-error"), "");

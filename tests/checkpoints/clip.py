@@ -97,18 +97,22 @@ def build_tokenizer(vocab_size: int):
 
 
 def _export(module, args: tuple, path: Path, inputs: list[str], output: str, dynamic: dict) -> None:
+    import warnings
+
     import torch
 
-    torch.onnx.export(
-        module,
-        args,
-        str(path),
-        input_names=inputs,
-        output_names=[output],
-        dynamic_axes=dynamic,
-        opset_version=17,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on constant branches, expected here
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=inputs,
+            output_names=[output],
+            dynamic_axes=dynamic,
+            opset_version=17,
+            dynamo=False,
+        )
 
 
 def build_tiny_clip(root: Path, shape: ClipShape | None = None, seed: int = 0) -> tuple[Path, Path]:
@@ -182,8 +186,11 @@ def build_tiny_clip(root: Path, shape: ClipShape | None = None, seed: int = 0) -
             text_dir / "model.onnx",
             ["input_ids", "attention_mask"],
             "text_embeds",
-            {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-             "text_embeds": {0: "batch"}},
+            {
+                "input_ids": {0: "batch", 1: "sequence"},
+                "attention_mask": {0: "batch", 1: "sequence"},
+                "text_embeds": {0: "batch"},
+            },
         )
 
     vision_cfg = CLIPVisionConfig(

@@ -81,10 +81,12 @@ def build_tiny_mllama(
     vision_layers: int = 2,
     image_size: int = 56,
     extra_words: int = 0,
+    cross_attention_layers: list[int] | None = None,
     always_eos: bool = False,
     seed: int = 0,
 ) -> Path:
     """Save a random Mllama (two text layers, one of them cross-attention, by default) and its processor.
+    `cross_attention_layers` defaults to the last text layer.
 
     The random model's special-token logits are zeroed so greedy answers run to max_tokens; with
     `always_eos` every logit is equal, so greedy decoding emits `<|eot_id|>` (id 0) at once.
@@ -108,7 +110,7 @@ def build_tiny_mllama(
             "num_attention_heads": heads,
             "num_key_value_heads": kv_heads,
             "intermediate_size": intermediate_size,
-            "cross_attention_layers": [text_layers - 1],
+            "cross_attention_layers": cross_attention_layers or [text_layers - 1],
             "max_position_embeddings": 4096,
             "bos_token_id": tokenizer.bos_token_id,
             "eos_token_id": eos_ids,

@@ -3,21 +3,18 @@ settings that load it offline with a fresh data directory per test."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from server.settings import Settings
-from tests.checkpoints.clip import build_tiny_clip
 
 
 @pytest.fixture(scope="session")
-def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the ONNX tracer's warnings about constant branches
-        return build_tiny_clip(tmp_path_factory.mktemp("clip"))
+def tiny_clip(tiny_clip_dirs: tuple[Path, Path]) -> tuple[Path, Path]:
+    """The session's tiny CLIP (tests/conftest.py builds it with tests/checkpoints/clip.py)."""
+    return tiny_clip_dirs
 
 
 @pytest.fixture
@@ -42,8 +39,11 @@ def shared_embedders(tiny_clip: tuple[Path, Path], tmp_path_factory: pytest.Temp
 
     text_dir, vision_dir = tiny_clip
     settings = Settings.load(
-        overrides={"text_model_path": text_dir, "image_model_path": vision_dir,
-                   "data_dir": tmp_path_factory.mktemp("unused")},
+        overrides={
+            "text_model_path": text_dir,
+            "image_model_path": vision_dir,
+            "data_dir": tmp_path_factory.mktemp("unused"),
+        },
         environ={},
         dotenv_path=None,
     )

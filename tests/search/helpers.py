@@ -26,7 +26,9 @@ def diagram(seed: int, size: tuple[int, int] = (160, 120)) -> Image.Image:
         x0, y0 = rnd.randrange(w - 20), rnd.randrange(h - 20)
         x1, y1 = x0 + rnd.randrange(10, w // 2), y0 + rnd.randrange(10, h // 2)
         draw.rectangle((x0, y0, x1, y1), fill=tuple(rnd.randrange(256) for _ in range(3)))
-        draw.line((rnd.randrange(w), rnd.randrange(h), rnd.randrange(w), rnd.randrange(h)), fill=(0, 0, 0), width=3)
+        draw.line(
+            (rnd.randrange(w), rnd.randrange(h), rnd.randrange(w), rnd.randrange(h)), fill=(0, 0, 0), width=3
+        )
     return img
 
 
@@ -39,8 +41,13 @@ def interaction(
     created_at: datetime | None = None,
 ) -> Interaction:
     made = Interaction.create(
-        image_url="upload", query=query, answer=answer, model="tiny", image_bytes=answer.encode(),
-        user=user, tags=tags,
+        image_url="upload",
+        query=query,
+        answer=answer,
+        model="tiny",
+        image_bytes=answer.encode(),
+        user=user,
+        tags=tags,
     )
     if created_at is not None:
         made.created_at = created_at
@@ -48,7 +55,9 @@ def interaction(
     return made
 
 
-def wait_for(check: Callable[[], T], timeout: float = 20.0, interval: float = 0.02, what: str = "condition") -> T:
+def wait_for(
+    check: Callable[[], T], timeout: float = 20.0, interval: float = 0.02, what: str = "condition"
+) -> T:
     """Poll `check` until it returns something truthy, failing after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:

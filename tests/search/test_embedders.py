@@ -4,6 +4,7 @@ determinism, and the windowing that makes whole answers (longer than CLIP's 77 t
 from __future__ import annotations
 
 import io
+import itertools
 import json
 
 import numpy as np
@@ -22,7 +23,9 @@ def clip_tokenizer(tiny_clip):
 
 
 def test_vectors_are_normalised_and_deterministic(shared_embedders: Embedders) -> None:
-    texts = shared_embedders.embed_texts(["a cache in front of a database", "a queue", "a cache in front of a database"])
+    texts = shared_embedders.embed_texts(
+        ["a cache in front of a database", "a queue", "a cache in front of a database"]
+    )
     assert texts.shape == (3, 512)
     assert np.allclose(np.linalg.norm(texts, axis=1), 1.0, atol=1e-5)
     assert np.allclose(texts[0], texts[2])
@@ -54,7 +57,9 @@ def test_short_text_is_one_chunk_and_empty_is_embeddable(shared_embedders: Embed
     assert vectors.shape == (1, 512)
 
 
-def test_long_text_windows_fit_overlap_and_cover_everything(shared_embedders: Embedders, clip_tokenizer) -> None:
+def test_long_text_windows_fit_overlap_and_cover_everything(
+    shared_embedders: Embedders, clip_tokenizer
+) -> None:
     clip_tokenizer.no_truncation()
     clip_tokenizer.no_padding()
     assert len(clip_tokenizer.encode(LONG).ids) > 5 * CLIP_CONTEXT
@@ -65,7 +70,7 @@ def test_long_text_windows_fit_overlap_and_cover_everything(shared_embedders: Em
     words = LONG.split()
     assert chunks[0].split() == words[: len(chunks[0].split())]
     assert chunks[-1].split() == words[-len(chunks[-1].split()) :]  # the end of the answer is embedded
-    for a, b in zip(chunks, chunks[1:], strict=False):
+    for a, b in itertools.pairwise(chunks):
         assert a.split()[-1] in b.split()  # consecutive windows overlap
     assert shared_embedders.chunks(LONG) == chunks  # deterministic
 

@@ -22,7 +22,9 @@ from search.history import History
 from tests.search.helpers import diagram, interaction, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-FILLER = " ".join(f"step {i}: the request passes the gateway and reaches service number {i}." for i in range(12))
+FILLER = " ".join(
+    f"step {i}: the request passes the gateway and reaches service number {i}." for i in range(12)
+)
 
 
 def indexed(history: History, n: int) -> None:
@@ -61,7 +63,18 @@ def test_the_same_image_finds_its_interaction_first(history: History, stocked) -
             assert results[0]["id"] == stocked[i].id, against
     top = history.search(None, diagram(5), limit=1, against="images")[0]
     assert top["score"] == pytest.approx(1.0, abs=1e-4)
-    assert set(top) >= {"id", "score", "created_at", "image_url", "query", "answer", "model", "user", "tags", "image"}
+    assert set(top) >= {
+        "id",
+        "score",
+        "created_at",
+        "image_url",
+        "query",
+        "answer",
+        "model",
+        "user",
+        "tags",
+        "image",
+    }
     assert top["image"] == f"/history/{stocked[5].id}/image"
 
 
@@ -98,18 +111,26 @@ def test_filters(history: History, stocked) -> None:
     assert {r["id"] for r in history.search(**query, user="ann")} == {stocked[i].id for i in (1, 3, 5, 7)}
     assert {r["id"] for r in history.search(**query, tags=["cloud"])} == {s.id for s in stocked[4:]}
     assert {r["id"] for r in history.search(**query, tags=["er", "cloud"], user="bob")} == {
-        stocked[4].id, stocked[6].id}
+        stocked[4].id,
+        stocked[6].id,
+    }
     since, until = stocked[2].created_at.isoformat(), (stocked[4].created_at).isoformat()
-    assert {r["id"] for r in history.search(**query, since=since, until=until)} == {s.id for s in stocked[2:5]}
+    assert {r["id"] for r in history.search(**query, since=since, until=until)} == {
+        s.id for s in stocked[2:5]
+    }
     assert {r["id"] for r in history.search(**query, since="2025-03-07T00:00:00Z")} == {
-        stocked[6].id, stocked[7].id}
+        stocked[6].id,
+        stocked[7].id,
+    }
     assert history.search(**query, user="nobody") == []
 
 
 def test_pagination(history: History, stocked) -> None:
     everything = [r["id"] for r in history.search("services", diagram(2), limit=8)]
     assert len(everything) == 8 == len(set(everything))
-    pages = [r["id"] for off in (0, 3, 6) for r in history.search("services", diagram(2), limit=3, offset=off)]
+    pages = [
+        r["id"] for off in (0, 3, 6) for r in history.search("services", diagram(2), limit=3, offset=off)
+    ]
     assert pages == everything
     newest = [s.id for s in reversed(stocked)]
     assert [r["id"] for r in history.list(limit=3)] == newest[:3]
@@ -172,7 +193,9 @@ def test_invalid_listing(history: History) -> None:
 
 
 def test_store_down_then_restart_on_the_same_journal_loses_nothing(settings, shared_embedders) -> None:
-    down = History(settings.replace(qdrant_url=f"http://127.0.0.1:{closed_port()}"), embedders=shared_embedders)
+    down = History(
+        settings.replace(qdrant_url=f"http://127.0.0.1:{closed_port()}"), embedders=shared_embedders
+    )
     down.start()
     items = [interaction(f"answer while down {i}") for i in range(5)]
     for i, item in enumerate(items):

@@ -59,9 +59,22 @@ def test_search_by_uploaded_image_and_by_image_url(server, answered) -> None:
     assert body["results"][0]["id"] == target["id"]
     assert isinstance(body["took_ms"], int | float)
     first = body["results"][0]
-    assert {"id", "score", "created_at", "image_url", "query", "answer", "model", "user", "tags", "image"} <= set(first)
+    assert {
+        "id",
+        "score",
+        "created_at",
+        "image_url",
+        "query",
+        "answer",
+        "model",
+        "user",
+        "tags",
+        "image",
+    } <= set(first)
     data_url = "data:image/png;base64," + base64.b64encode(diagram_png(902)).decode()
-    r = requests.post(f"{server.url}/history/search", json={"image_url": data_url, "tags": ["http"]}, timeout=30)
+    r = requests.post(
+        f"{server.url}/history/search", json={"image_url": data_url, "tags": ["http"]}, timeout=30
+    )
     assert r.status_code == 200, r.text
     assert r.json()["results"][0]["id"] == target["id"]
 
@@ -124,9 +137,16 @@ def test_bad_queries_are_4xx_with_detail(server, body) -> None:
 
 
 def test_unknown_ids_and_bad_listing(server) -> None:
-    assert requests.get(f"{server.url}/history/00000000-0000-4000-8000-000000000000", timeout=10).status_code == 404
+    assert (
+        requests.get(f"{server.url}/history/00000000-0000-4000-8000-000000000000", timeout=10).status_code
+        == 404
+    )
     assert requests.get(f"{server.url}/history/nope", timeout=10).status_code == 404
     assert requests.get(f"{server.url}/history", params={"limit": 0}, timeout=10).status_code == 422
-    r = requests.post(f"{server.url}/history/search", data=b"{not json", headers={"content-type": "application/json"},
-                      timeout=10)
+    r = requests.post(
+        f"{server.url}/history/search",
+        data=b"{not json",
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
     assert r.status_code == 400 and r.json()["detail"]

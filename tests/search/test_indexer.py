@@ -24,7 +24,12 @@ def test_searchable_within_two_seconds_of_record(history: History) -> None:
     item = interaction("the gateway routes traffic to the billing service")
     started = time.monotonic()
     history.record(item, diagram(11))
-    wait_for(lambda: history.store.retrieve([item.id]), timeout=2.0, interval=0.01, what="the point")
+    wait_for(
+        lambda: history.store.retrieve([item.id]) and history.status()["backlog"] == 0,
+        timeout=2.0,
+        interval=0.01,
+        what="the point, and the row marked indexed",
+    )
     assert time.monotonic() - started < 2.0
     results = history.search(None, diagram(11), limit=1, against="images")
     assert results[0]["id"] == item.id
@@ -100,6 +105,8 @@ def test_deletion_while_down_is_applied_when_the_store_returns(settings, shared_
     assert history.search(None, diagram(8), limit=5) == []  # the stale point is never returned
     history.store.delete = real_delete  # type: ignore[method-assign]
     history.indexer.wake()
-    wait_for(lambda: not history.store.retrieve([item.id]), what="the pending deletion")
-    assert history.journal.pending_deletes() == []
+    wait_for(
+        lambda: not history.store.retrieve([item.id]) and not history.journal.pending_deletes(),
+        what="the pending deletion applied to the store and cleared from the journal",
+    )
     history.close()

@@ -62,7 +62,9 @@ def test_upsert_is_idempotent_and_queries_each_vector(store: Store) -> None:
 
 
 def test_fusion_pages_and_filters(store: Store) -> None:
-    points = [point(i, user="ann" if i % 2 else "bob", tags=["x"] if i < 5 else ["x", "y"]) for i in range(10)]
+    points = [
+        point(i, user="ann" if i % 2 else "bob", tags=["x"] if i < 5 else ["x", "y"]) for i in range(10)
+    ]
     store.upsert(points)
     probes = [Probe(unit(4), IMAGE), Probe(points[4].text[0], TEXT)]
     fused = store.query(probes, None, limit=10)

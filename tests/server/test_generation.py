@@ -79,3 +79,19 @@ def test_held_back_suffix() -> None:
     assert _held_back("the end of", ("of course",)) == 2
     assert _held_back("abc", ("x",)) == 0
     assert _held_back("ab", ("abc", "b!")) == 2
+
+
+def test_a_request_that_does_not_stream_gets_one_delta_with_the_same_answer(model) -> None:
+    streamed = request("which cache is read", 9, 5)
+    quiet = GenerationRequest(streamed.messages, streamed.image, streamed.sampling, stream=False)
+    assert GenerationRequest.from_wire(quiet.to_wire()).stream is False
+    both = model.generate([streamed, quiet])
+    assert both[1].text == both[0].text and len(both[0].deltas) > 1
+    assert both[1].deltas == [both[1].text]
+    assert both[1].completion_tokens == 9 and both[1].finish_reason == "length"
+
+
+def test_static_cache_for_compile_gives_the_same_greedy_answers(model) -> None:
+    static = VisionModel(model.model, model.processor, model.name, compile=True)
+    reqs = [request("what does the diagram show", 7, 1), request("api", 4, 2)]
+    assert [c.text for c in static.generate(reqs)] == [c.text for c in model.generate(reqs)]

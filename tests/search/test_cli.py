@@ -1,0 +1,51 @@
+"""`visionrag reindex` (search/cli.py): rebuilds the collection from the journal with the given settings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from search.cli import reindex_command
+from search.history import History
+from tests.search.helpers import diagram, interaction
+
+
+def test_reindex_rebuilds_from_the_journal(settings, shared_embedders, monkeypatch) -> None:
+    with History(settings, embedders=shared_embedders) as history:
+        items = [interaction(f"answer {i}") for i in range(4)]
+        for i, item in enumerate(items):
+            history.record(item, diagram(i))
+    for key in ("QDRANT_URL", "DB_URL", "COLLECTION_NAME", "VISIONRAG_DATA_DIR"):
+        monkeypatch.delenv(key, raising=False)
+    args = [
+        "--data-dir",
+        str(settings.data_dir),
+        "--text-model-path",
+        str(settings.text_model_path),
+        "--image-model-path",
+        str(settings.image_model_path),
+        "--collection",
+        settings.collection_name,
+        "--no-progress",
+    ]
+    for _ in range(2):  # idempotent
+        result = CliRunner().invoke(reindex_command, args)
+        assert result.exit_code == 0, result.output
+        assert "indexed 4 of 4 interactions" in result.output
+    with History(settings, embedders=shared_embedders) as history:
+        assert history.store.count() == 4
+        assert history.search(None, diagram(2), limit=1, against="images")[0]["id"] == items[2].id
+
+
+def test_help_is_complete_and_import_is_light() -> None:
+    result = CliRunner().invoke(reindex_command, ["--help"])
+    assert result.exit_code == 0
+    for flag in ("--data-dir", "--text-model-path", "--image-model-path", "--qdrant-url", "--collection"):
+        assert flag in result.output
+    code = "import sys, search.cli; print(any(m in sys.modules for m in ('torch', 'fastembed', 'qdrant_client')))"
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip() == "False"
