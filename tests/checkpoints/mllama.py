@@ -145,7 +145,9 @@ def build_tiny_mllama(
     image_processor = MllamaImageProcessor(
         size={"height": image_size, "width": image_size}, max_image_tiles=4, do_convert_rgb=True
     )
-    processor = MllamaProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+    processor = MllamaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
+    )
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(root)
