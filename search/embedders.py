@@ -96,9 +96,11 @@ class Embedders:
         self._image_dim: int | None = None
 
     # -- loading ----------------------------------------------------------------------------------
-    @staticmethod
-    def _kwargs(path: Any) -> dict[str, Any]:
-        return {"specific_model_path": str(path), "local_files_only": True} if path else {}
+    def _kwargs(self, path: Any) -> dict[str, Any]:
+        """Offline loading from a folder when given one; a bounded ONNX thread pool, so indexing on the CPU
+        leaves cores to generation (measured in BENCHMARKS.md, History)."""
+        local = {"specific_model_path": str(path), "local_files_only": True} if path else {}
+        return {**local, "threads": self.settings.embed_threads}
 
     def _text_model(self) -> Any:
         if self._text is None:

@@ -81,6 +81,13 @@ class Settings:
         default=None,
         metadata=_env("IMAGE_MODEL_PATH", help="local folder of the CLIP vision model (offline)"),
     )
+    embed_threads: int = field(
+        default=1,
+        metadata=_env(
+            "VISIONRAG_EMBED_THREADS",
+            help="CPU threads for CLIP embedding (indexing, search queries); low keeps indexing off generation's cores",
+        ),
+    )
     qdrant_url: str | None = field(
         default=None,
         metadata=_env("QDRANT_URL", "DB_URL", help="Qdrant server or Cloud URL; unset: embedded store"),
@@ -183,6 +190,7 @@ class Settings:
             raise ConfigError(f"port must be between 1024 and 65535, not {self.port}")
         for name in (
             "max_batch_size",
+            "embed_threads",
             "default_max_tokens",
             "max_tokens_limit",
             "max_image_bytes",

@@ -1,7 +1,8 @@
 """History benchmark (issue 3): indexing throughput, search latency, answer latency with history on/off, and
 the time until an answer is searchable, on CPU, with a CLIP of the real ViT-B/32 shape and random weights.
 
-    .venv/bin/python tests/bench/bench_history.py [--workdir /tmp/vrbench] [--parts index,search,answer,fresh]
+    .venv/bin/python tests/bench/bench_history.py --workdir /tmp/vrbench --store-dir /dev/shm/vrbench-search
+        [--parts index,search,answer,fresh]   (defaults: the BENCHMARKS.md run, ~6-18 min on 2 cores)
 
 Nothing is downloaded: the CLIP (text 12x512/8 heads/77 positions/vocab 49408, vision 12x768/12 heads,
 224 px, patch 32, projection 512) and a small random Mllama are built into the work dir on first use (and
@@ -570,9 +571,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--parts", default="index,search,answer,fresh")
     p.add_argument("--rounds", type=int, default=2, help="repeat each measurement (spread)")
-    p.add_argument("--index-n", type=int, default=64, help="interactions recorded per indexing round")
+    p.add_argument("--index-n", type=int, default=24, help="interactions recorded per indexing round")
     p.add_argument("--sizes", default="1000,10000", help="store sizes for search latency")
-    p.add_argument("--queries", type=int, default=30, help="queries per kind/against/round")
+    p.add_argument("--queries", type=int, default=20, help="queries per kind/against/round")
     p.add_argument("--pairs", type=int, default=20, help="on/off request pairs per mode and round")
     p.add_argument("--block", type=int, default=10, help="back-to-back block length")
     p.add_argument("--fresh", type=int, default=15, help="freshness requests per round")
