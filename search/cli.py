@@ -24,7 +24,7 @@ Settings come from flags, then the environment, then .env (see `visionrag serve 
 """
 
 
-@click.command("reindex", help=HELP)
+@click.command("reindex", help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),

@@ -38,7 +38,7 @@ def _settings_options(command: Any) -> Any:
     return command
 
 
-@click.command("serve")
+@click.command("serve", context_settings={"help_option_names": ["-h", "--help"]})
 @_settings_options
 @click.option(
     "--env-file",

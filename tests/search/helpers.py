@@ -14,6 +14,21 @@ from search.interaction import Interaction
 T = TypeVar("T")
 
 
+# The fields every search result carries (DESIGN.md's HTTP contract).
+RESULT_FIELDS = {
+    "id",
+    "score",
+    "created_at",
+    "image_url",
+    "query",
+    "answer",
+    "model",
+    "user",
+    "tags",
+    "image",
+}
+
+
 def diagram(seed: int, size: tuple[int, int] = (160, 120)) -> Image.Image:
     """A diagram-like picture (boxes and lines, few colours) that differs clearly from seed to seed."""
     import random

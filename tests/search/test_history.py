@@ -19,7 +19,7 @@ from PIL import Image
 
 from search.errors import InvalidQuery, NotFound
 from search.history import History
-from tests.search.helpers import diagram, interaction, wait_for
+from tests.search.helpers import RESULT_FIELDS, diagram, interaction, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 FILLER = " ".join(
@@ -63,18 +63,7 @@ def test_the_same_image_finds_its_interaction_first(history: History, stocked) -
             assert results[0]["id"] == stocked[i].id, against
     top = history.search(None, diagram(5), limit=1, against="images")[0]
     assert top["score"] == pytest.approx(1.0, abs=1e-4)
-    assert set(top) >= {
-        "id",
-        "score",
-        "created_at",
-        "image_url",
-        "query",
-        "answer",
-        "model",
-        "user",
-        "tags",
-        "image",
-    }
+    assert set(top) >= RESULT_FIELDS
     assert top["image"] == f"/history/{stocked[5].id}/image"
 
 

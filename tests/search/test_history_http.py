@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from tests.conftest import diagram_png, wait_until
+from tests.search.helpers import RESULT_FIELDS
 
 
 def _ask(server, seed: int, **extra) -> dict:
@@ -59,18 +60,7 @@ def test_search_by_uploaded_image_and_by_image_url(server, answered) -> None:
     assert body["results"][0]["id"] == target["id"]
     assert isinstance(body["took_ms"], int | float)
     first = body["results"][0]
-    assert {
-        "id",
-        "score",
-        "created_at",
-        "image_url",
-        "query",
-        "answer",
-        "model",
-        "user",
-        "tags",
-        "image",
-    } <= set(first)
+    assert set(first) >= RESULT_FIELDS
     data_url = "data:image/png;base64," + base64.b64encode(diagram_png(902)).decode()
     r = requests.post(
         f"{server.url}/history/search", json={"image_url": data_url, "tags": ["http"]}, timeout=30
