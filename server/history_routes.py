@@ -8,7 +8,6 @@ exceptions; server/errors.py turns them into `{"detail": ...}` with the right st
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -17,8 +16,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from search.errors import InvalidQuery
-from server.errors import BadRequest, InvalidInput, PayloadTooLarge
-from server.inputs import is_multipart, read_form, valid_unicode
+from server.errors import BadRequest, InvalidInput
+from server.inputs import is_multipart, read_form, read_json
 
 router = APIRouter(tags=["history"])
 
@@ -54,21 +53,9 @@ def _tags(value: Any) -> list[str] | None:
 
 
 async def _read_json(request: Request) -> dict[str, Any]:
-    settings = request.app.state.settings
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {settings.max_body_bytes}")
-    raw = await request.body()
-    if len(raw) > settings.max_body_bytes:
-        raise PayloadTooLarge(f"request body is larger than {settings.max_body_bytes} bytes")
-    try:
-        body = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    body = await read_json(request, request.app.state.settings)
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
-    if not valid_unicode(body):  # a lone \ud800 escape would fail the CLIP tokenizer with a 500
-        raise BadRequest("the body contains a lone UTF-16 surrogate (like \\ud800); send valid Unicode")
     return body
 
 

@@ -25,7 +25,7 @@ from starlette.datastructures import UploadFile
 
 from server.errors import BadRequest, InvalidInput, PayloadTooLarge
 from server.generation import Sampling
-from server.settings import Settings
+from server.settings import Settings, parse_bool
 
 Number = StrictFloat | StrictInt
 Tags = Annotated[list[Annotated[StrictStr, Field(min_length=1, max_length=64)]], Field(max_length=20)]
@@ -103,7 +103,17 @@ class ChatBody(_Common):
 
 
 # -- reading bodies -----------------------------------------------------------------------------------
+def _check_declared_size(request: Request, settings: Settings) -> None:
+    """Refuse a body whose Content-Length is over the limit before reading any of it."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {settings.max_body_bytes}")
+
+
 async def read_json(request: Request, settings: Settings) -> Any:
+    """The body as JSON: size-capped, parsed, and free of lone surrogates (which JSON escapes allow but
+    no tokenizer takes: one would fail the model worker and its whole batch)."""
+    _check_declared_size(request, settings)
     body = await request.body()
     if len(body) > settings.max_body_bytes:
         raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {settings.max_body_bytes}")
@@ -113,7 +123,7 @@ async def read_json(request: Request, settings: Settings) -> Any:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    if not valid_unicode(data):  # a lone \ud800 escape would fail the model worker (and its whole batch)
+    if not valid_unicode(data):
         raise BadRequest("request body contains a lone UTF-16 surrogate (like \\ud800); send valid Unicode")
     return data
 
@@ -160,9 +170,7 @@ def is_multipart(request: Request) -> bool:
 
 async def read_form(request: Request, settings: Settings) -> tuple[dict[str, Any], bytes | None]:
     """A multipart form as the JSON it stands for, plus the bytes of its `image` file, if any."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {settings.max_body_bytes}")
+    _check_declared_size(request, settings)
     try:
         form = await request.form(max_files=1, max_fields=50)
     except HTTPException as exc:  # LitServe's MaxSizeMiddleware stops a chunked body mid-read with 413
@@ -206,12 +214,10 @@ def _form_value(key: str, value: str) -> Any:
     except ValueError:
         raise InvalidInput(f"{key}: {value!r} is not a number") from None
     if key in _FORM_BOOLS:
-        lowered = value.strip().lower()
-        if lowered in ("true", "1", "yes", "on"):
-            return True
-        if lowered in ("false", "0", "no", "off"):
-            return False
-        raise InvalidInput(f"{key}: {value!r} is not true or false")
+        try:
+            return parse_bool(value)
+        except ValueError:
+            raise InvalidInput(f"{key}: {value!r} is not true or false") from None
     return value
 
 

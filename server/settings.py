@@ -252,6 +252,14 @@ _BOOLS = {
 }
 
 
+def parse_bool(raw: str) -> bool:
+    """true/false, 1/0, yes/no, on/off (any case); ValueError otherwise. Settings and form fields share it."""
+    value = raw.strip().lower()
+    if value not in _BOOLS:
+        raise ValueError(raw)
+    return _BOOLS[value]
+
+
 def _coerce(f: dataclasses.Field, raw: str, source: str) -> Any:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     try:
@@ -260,10 +268,7 @@ def _coerce(f: dataclasses.Field, raw: str, source: str) -> Any:
         if kind == "float":
             return float(raw)
         if kind == "bool":
-            value = raw.strip().lower()
-            if value not in _BOOLS:
-                raise ValueError(raw)
-            return _BOOLS[value]
+            return parse_bool(raw)
         if kind.startswith("Path"):
             return Path(raw).expanduser()
         if kind.startswith("tuple"):
