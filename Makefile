@@ -32,7 +32,7 @@ format: $(VENV)/.installed
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
 docs: $(VENV)/.installed
-	$(PY) -m clients.docs --write
+	$(PY) -m visionrag.clients.docs --write
 
 bench-server: $(VENV)/.installed
 	$(PY) tests/bench/bench_server.py

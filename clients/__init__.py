@@ -1,11 +1,11 @@
 """VisionRAG's Python client and the `visionrag` command line.
 
-from clients import VisionRAG
+from visionrag.clients import VisionRAG
 answer = VisionRAG("http://localhost:8000").ask("diagram.png", "What does this show?")
 """
 
-from clients.client import DEFAULT_URL, Stream, VisionRAG
-from clients.errors import (
+from visionrag.clients.client import DEFAULT_URL, Stream, VisionRAG
+from visionrag.clients.errors import (
     APIError,
     BadRequest,
     ConnectionFailed,
@@ -20,7 +20,7 @@ from clients.errors import (
     UnsupportedMediaType,
     VisionRAGError,
 )
-from clients.types import Answer, Interaction, SearchHit, Usage
+from visionrag.clients.types import Answer, Interaction, SearchHit, Usage
 
 __all__ = [
     "DEFAULT_URL",

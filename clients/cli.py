@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from clients.client import DEFAULT_URL, ImageInput
-from clients.clitools import (
+from visionrag.clients.client import DEFAULT_URL, ImageInput
+from visionrag.clients.clitools import (
     Connection,
     LazyCommand,
     VisionRAGGroup,
@@ -22,14 +22,15 @@ from clients.clitools import (
     local_time,
     table,
 )
-from clients.history_cli import history
+from visionrag.clients.history_cli import history
 
 LAZY_COMMANDS = {
     "serve": LazyCommand(
-        "server.cli:serve_command", "Start the VisionRAG server (model, history, web page)."
+        "visionrag.server.cli:serve_command", "Start the VisionRAG server (model, history, web page)."
     ),
     "reindex": LazyCommand(
-        "search.cli:reindex_command", "Rebuild the history's vector collection from the journal."
+        "visionrag.server.reindex:reindex_command",
+        "Rebuild the history's vector collection from the journal.",
     ),
 }
 

@@ -1,6 +1,6 @@
 """`VisionRAG`: the Python client of a VisionRAG server (requests-based).
 
-    from clients import VisionRAG
+    from visionrag.clients import VisionRAG
 
     rag = VisionRAG("http://localhost:8000", api_key="...")
     answer = rag.ask("diagram.png", "Which services talk to the database?")
@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 import requests
 
-from clients.errors import (
+from visionrag.clients.errors import (
     ConnectionFailed,
     InvalidArgument,
     Timeout,
@@ -34,8 +34,8 @@ from clients.errors import (
     detail_text,
     reason_of,
 )
-from clients.stream import Stream
-from clients.types import Answer, Interaction, SearchHit
+from visionrag.clients.stream import Stream
+from visionrag.clients.types import Answer, Interaction, SearchHit
 
 DEFAULT_URL = "http://localhost:8000"
 DEFAULT_TIMEOUT: tuple[float, float] = (10.0, 300.0)

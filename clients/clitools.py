@@ -11,14 +11,13 @@ import re
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import click
 
-from clients.client import VisionRAG
-from clients.errors import VisionRAGError
-from clients.types import Interaction
+from visionrag.clients.client import VisionRAG
+from visionrag.clients.errors import VisionRAGError
+from visionrag.clients.types import Interaction
 
 
 class CLIError(click.ClickException):
@@ -42,18 +41,12 @@ class LazyCommand:
         return self.import_path.partition(":")[0]
 
     def available(self) -> bool:
-        """Whether the module exists, found without importing it (its parent package neither)."""
-        top, _, rest = self.module.partition(".")
-        spec = importlib.util.find_spec(top)
-        if spec is None:
+        """Whether the module exists, found without importing it: its parent package is imported (the
+        `visionrag` packages are light), the module itself is not."""
+        try:
+            return importlib.util.find_spec(self.module) is not None
+        except ModuleNotFoundError:
             return False
-        if not rest:
-            return True
-        for location in spec.submodule_search_locations or ():
-            base = Path(location, *rest.split("."))
-            if base.with_suffix(".py").is_file() or (base / "__init__.py").is_file():
-                return True
-        return False
 
     def load(self, name: str) -> click.Command | None:
         module_name, _, attribute = self.import_path.partition(":")

@@ -1,4 +1,4 @@
-"""Generate docs/cli.md from the command line's own help: `python -m clients.docs --write`.
+"""Generate docs/cli.md from the command line's own help: `python -m visionrag.clients.docs --write`.
 
 Without an option the page is printed; `--check` exits with status 1 when docs/cli.md is out of date.
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from clients.cli import main
+from visionrag.clients.cli import main
 
 DOC_PATH = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 WIDTH = 100
@@ -18,7 +18,7 @@ WIDTH = 100
 _INTRO = """\
 # The `visionrag` command line
 
-Generated from `visionrag --help` by `python -m clients.docs --write`; do not edit by hand
+Generated from `visionrag --help` by `python -m visionrag.clients.docs --write`; do not edit by hand
 (`tests/clients/test_docs.py` fails when this page is out of date).
 
 Every client command talks to a VisionRAG server: `--url` (or `VISIONRAG_URL`, default
@@ -57,7 +57,7 @@ def cli(argv: list[str]) -> int:
     elif "--check" in argv:
         current = DOC_PATH.read_text(encoding="utf-8") if DOC_PATH.exists() else ""
         if current != page:
-            print(f"{DOC_PATH} is out of date: run python -m clients.docs --write", file=sys.stderr)
+            print(f"{DOC_PATH} is out of date: run python -m visionrag.clients.docs --write", file=sys.stderr)
             return 1
     else:
         sys.stdout.write(page)

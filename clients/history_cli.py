@@ -11,8 +11,8 @@ from typing import IO
 import click
 from tqdm import tqdm
 
-from clients.clitools import client_of, describe, local_time, table
-from clients.types import Interaction
+from visionrag.clients.clitools import client_of, describe, local_time, table
+from visionrag.clients.types import Interaction
 
 
 @click.group()

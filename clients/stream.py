@@ -7,8 +7,15 @@ from collections.abc import Iterator
 
 import requests
 
-from clients.errors import ConnectionFailed, Timeout, VisionRAGError, api_error, detail_text, reason_of
-from clients.types import Answer
+from visionrag.clients.errors import (
+    ConnectionFailed,
+    Timeout,
+    VisionRAGError,
+    api_error,
+    detail_text,
+    reason_of,
+)
+from visionrag.clients.types import Answer
 
 
 class Stream:

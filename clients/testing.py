@@ -1,7 +1,7 @@
 """Test your code against `VisionRAG` without a server: a requests transport that calls a function.
 
-    from clients import VisionRAG
-    from clients.testing import MockAdapter
+    from visionrag.clients import VisionRAG
+    from visionrag.clients.testing import MockAdapter
 
     def handler(request):                       # a requests.PreparedRequest
         if request.path_url == "/predict":

@@ -342,7 +342,7 @@ def unknown_settings(names: list[str]) -> list[str]:
     try:
         from dataclasses import fields
 
-        from server.settings import Settings
+        from visionrag.server.settings import Settings
     except Exception:
         return []
     finally:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from server.settings import Settings
+from visionrag.search.config import HistoryConfig
 
 CLIP_CONTEXT = 77
 SPECIAL_TOKENS = 2  # start and end of text
@@ -84,7 +84,7 @@ class Embedders:
     """The text and image CLIP models, loaded on first use; safe to call from several threads
     (ONNX Runtime sessions run concurrently; only loading is serialised)."""
 
-    def __init__(self, settings: Settings, text_batch: int = 64, image_batch: int = 16) -> None:
+    def __init__(self, settings: HistoryConfig, text_batch: int = 64, image_batch: int = 16) -> None:
         self.settings = settings
         self.text_batch = text_batch
         self.image_batch = image_batch

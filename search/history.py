@@ -17,13 +17,13 @@ from typing import Any
 
 from PIL import Image
 
-from search.embedders import Embedders
-from search.errors import InvalidQuery, NotFound, StoreUnavailable
-from search.indexer import ERROR, OK, UNAVAILABLE, Indexer
-from search.interaction import Interaction
-from search.journal import Journal
-from search.store import IMAGE, TARGETS, TEXT, Probe, SchemaMismatch, Store, build_filter
-from server.settings import Settings
+from visionrag.search.config import HistoryConfig
+from visionrag.search.embedders import Embedders
+from visionrag.search.errors import InvalidQuery, NotFound, StoreUnavailable
+from visionrag.search.indexer import ERROR, OK, UNAVAILABLE, Indexer
+from visionrag.search.interaction import Interaction
+from visionrag.search.journal import Journal
+from visionrag.search.store import IMAGE, TARGETS, TEXT, Filters, Probe, SchemaMismatch, open_store
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +90,10 @@ def _valid_id(id: str) -> bool:
 class History:
     """Owns the journal, the store, the embedders and the indexer thread of one server process."""
 
-    def __init__(self, settings: Settings, embedders: Embedders | None = None) -> None:
+    def __init__(self, settings: HistoryConfig, embedders: Embedders | None = None) -> None:
         self.settings = settings
         self.journal = Journal(settings.data_dir / "journal.db")
-        self.store = Store(settings)
+        self.store = open_store(settings)
         self.embedders = embedders or Embedders(settings)
         self.indexer = Indexer(self.journal, self.store, self.embedders)
         self._started = False
@@ -214,7 +214,7 @@ class History:
             for v, same in vectors
             for t in targets
         ]
-        hits = self.store.query(probes, build_filter(since_ts, until_ts, user, tags), limit, offset)
+        hits = self.store.query(probes, Filters(since_ts, until_ts, user, tuple(tags)), limit, offset)
         rows = self.journal.get_many([id for id, _ in hits])
         return [{**rows[id].to_dict(), "score": score} for id, score in hits if id in rows]
 

@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from search.embedders import Embedders
-from search.errors import StoreUnavailable
-from search.journal import BacklogEntry, Journal
-from search.store import Point, SchemaMismatch, Store
+from visionrag.search.embedders import Embedders
+from visionrag.search.errors import StoreUnavailable
+from visionrag.search.journal import BacklogEntry, Journal
+from visionrag.search.store import Point, SchemaMismatch, Store
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from search.interaction import Interaction
+from visionrag.search.interaction import Interaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS interactions (

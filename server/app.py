@@ -13,18 +13,18 @@ from typing import Any
 import litserve as ls
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from litserve.utils import WorkerSetupStatus
 from starlette.concurrency import run_in_threadpool
 
-from server.auth import install_auth
-from server.errors import ConfigError, install_error_handlers
-from server.history_routes import router as history_router
-from server.metrics import install_metrics
-from server.settings import Settings
-from server.spec import VisionSpec
-from server.ui import register_ui
-from server.worker import VisionAPI
+from visionrag.server.auth import install_auth
+from visionrag.server.errors import ConfigError, install_error_handlers
+from visionrag.server.history_routes import router as history_router
+from visionrag.server.metrics import install_metrics
+from visionrag.server.routes import replace_routes
+from visionrag.server.settings import Settings
+from visionrag.server.spec import VisionSpec
+from visionrag.server.ui import register_ui
+from visionrag.server.worker import VisionAPI
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def build_server(settings: Settings) -> VisionServer:
     app = server.app
     app.state.settings = settings
     app.state.server = server
-    _replace_routes(app, {("GET", "/health")})
+    replace_routes(app, {("GET", "/health")})
     app.add_api_route("/health", _health, methods=["GET"], summary="200 once the model and history are ready")
     app.include_router(history_router)
     register_ui(app)
@@ -121,28 +121,18 @@ async def _health(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-def _replace_routes(app: FastAPI, drop: set[tuple[str, str]]) -> None:
-    """Remove LitServe's own versions of routes we serve differently."""
-    kept = []
-    for route in app.router.routes:
-        if isinstance(route, APIRoute) and any((m, route.path) in drop for m in route.methods):
-            continue
-        kept.append(route)
-    app.router.routes[:] = kept
-
-
 def _wrap_lifespan(app: FastAPI, settings: Settings) -> None:
     """Open the API process's shared state when it starts serving: it runs in exactly one process, so
     the embedded vector store has exactly one owner however many GPU workers there are."""
-    from search.history import History
-    from server.fetch import ImageLoader
+    from visionrag.search.history import History
+    from visionrag.server.fetch import ImageLoader
 
     inner = app.router.lifespan_context
 
     @asynccontextmanager
     async def lifespan(app_: FastAPI) -> AsyncIterator[None]:
         app_.state.images = ImageLoader(settings)
-        history = History(settings)
+        history = History(settings.history_config())
         await run_in_threadpool(history.start)
         app_.state.history = history
         try:

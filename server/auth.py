@@ -15,7 +15,7 @@ import json
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.settings import Settings
+from visionrag.server.settings import Settings
 
 # Open without a key (GET and HEAD only): the health probe and the web page's static files (server/ui.py).
 PUBLIC_PATHS = frozenset({"/health", "/", "/ui", "/ui/", "/favicon.ico"})

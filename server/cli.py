@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from server.settings import Settings
+from visionrag.server.settings import Settings
 
 SECRETS = {"hf_token", "api_key", "qdrant_api_key"}
 SHORT_NAMES = {"model_name": "--model", "collection_name": "--collection"}
@@ -60,8 +60,8 @@ def serve_command(env_file: Path, **overrides: Any) -> None:
       visionrag serve --model ./my-mllama --accelerator cpu --port 8080
       visionrag serve --placement shard --model meta-llama/Llama-3.2-90B-Vision-Instruct
     """
-    from server.app import serve
-    from server.errors import ConfigError
+    from visionrag.server.app import serve
+    from visionrag.server.errors import ConfigError
 
     try:
         settings = Settings.load(overrides=overrides, dotenv_path=env_file)

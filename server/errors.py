@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse
 
-from search.errors import HistoryError, InvalidQuery, NotFound, StoreUnavailable
+from visionrag.search.errors import HistoryError, InvalidQuery, NotFound, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -33,11 +33,11 @@ from urllib.parse import urljoin
 
 from PIL import Image, ImageOps
 
-from server.errors import ImageFetchError, InvalidInput, PayloadTooLarge, UnsupportedImage
-from server.netguard import NetGuard, Resolver, Target, shorten
+from visionrag.server.errors import ImageFetchError, InvalidInput, PayloadTooLarge, UnsupportedImage
+from visionrag.server.netguard import NetGuard, Resolver, Target, shorten
 
 if TYPE_CHECKING:
-    from server.settings import Settings
+    from visionrag.server.settings import Settings
 
 log = logging.getLogger(__name__)
 

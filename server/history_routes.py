@@ -15,9 +15,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from search.errors import InvalidQuery
-from server.errors import BadRequest, InvalidInput
-from server.inputs import is_multipart, read_form, read_json
+from visionrag.search.errors import InvalidQuery
+from visionrag.server.errors import BadRequest, InvalidInput
+from visionrag.server.inputs import is_multipart, read_form, read_json
 
 router = APIRouter(tags=["history"])
 

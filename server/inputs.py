@@ -23,9 +23,9 @@ from pydantic import (
 )
 from starlette.datastructures import UploadFile
 
-from server.errors import BadRequest, InvalidInput, PayloadTooLarge
-from server.generation import Sampling
-from server.settings import Settings, parse_bool
+from visionrag.server.errors import BadRequest, InvalidInput, PayloadTooLarge
+from visionrag.server.generation import Sampling
+from visionrag.server.settings import Settings, parse_bool
 
 Number = StrictFloat | StrictInt
 Tags = Annotated[list[Annotated[StrictStr, Field(min_length=1, max_length=64)]], Field(max_length=20)]

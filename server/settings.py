@@ -12,7 +12,8 @@ from typing import Any
 
 from dotenv import dotenv_values
 
-from server.errors import ConfigError
+from visionrag.search.config import HistoryConfig
+from visionrag.server.errors import ConfigError
 
 DEFAULT_MODEL = "meta-llama/Llama-3.2-11B-Vision-Instruct"
 
@@ -210,6 +211,11 @@ class Settings:
     @property
     def embedded_store(self) -> bool:
         return not self.qdrant_url
+
+    def history_config(self) -> HistoryConfig:
+        """The history layer's share of the settings (search/ never imports this module)."""
+        names = {f.name for f in fields(HistoryConfig)}
+        return HistoryConfig(**{name: getattr(self, name) for name in names})
 
     def describe(self) -> dict[str, Any]:
         """The settings without secrets, for logs and /info."""

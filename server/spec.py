@@ -24,12 +24,12 @@ from litserve.utils import LitAPIStatus, ResponseBufferItem
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from server import inputs
-from server.errors import Overloaded, VisionRAGError, status_for
-from server.fetch import LoadedImage
-from server.generation import GenerationRequest
-from server.inputs import Ask
-from server.settings import Settings
+from visionrag.server import inputs
+from visionrag.server.errors import Overloaded, VisionRAGError, status_for
+from visionrag.server.fetch import LoadedImage
+from visionrag.server.generation import GenerationRequest
+from visionrag.server.inputs import Ask
+from visionrag.server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ class VisionSpec(LitSpec):
         """Write the interaction durably (journal) before the answer is acknowledged."""
         if not ask.store:
             return None
-        from search.interaction import Interaction
+        from visionrag.search.interaction import Interaction
 
         interaction = Interaction(
             id=str(uuid.uuid4()),

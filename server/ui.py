@@ -14,6 +14,8 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from visionrag.server.routes import replace_routes
+
 STATIC_DIR = Path(__file__).with_name("static")
 PAGE_PATHS = ("/", "/ui")
 STATIC_PREFIX = "/static"
@@ -28,9 +30,7 @@ async def _page() -> FileResponse:
 
 def register_ui(app: FastAPI) -> None:
     """Serve the page at / and /ui (replacing LitServe's "litserve running" at /) and /static/*."""
-    from server.app import _replace_routes  # here, not at import: server.app imports this module
-
-    _replace_routes(app, {("GET", path) for path in PAGE_PATHS})
+    replace_routes(app, {("GET", path) for path in PAGE_PATHS})
     for path in PAGE_PATHS:
         app.add_api_route(path, _page, methods=["GET"], include_in_schema=False)
     app.mount(STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="static")

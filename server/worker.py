@@ -13,8 +13,8 @@ from typing import Any
 import litserve as ls
 from litserve.specs.base import LitSpec
 
-from server.generation import Delta, GenerationRequest, VisionModel
-from server.settings import Settings
+from visionrag.server.generation import Delta, GenerationRequest, VisionModel
+from visionrag.server.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -64,6 +64,22 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def shared_embedders(tiny_clip_dirs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory):
+    """One loaded pair of CLIP models for the whole session (loading is the slow part of a History)."""
+    from visionrag.search.config import HistoryConfig
+    from visionrag.search.embedders import Embedders
+
+    text_dir, vision_dir = tiny_clip_dirs
+    embedders = Embedders(
+        HistoryConfig(
+            text_model_path=text_dir, image_model_path=vision_dir, data_dir=tmp_path_factory.mktemp("unused")
+        )
+    )
+    embedders.load()
+    return embedders
+
+
+@pytest.fixture(scope="session")
 def tiny_clip_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 

@@ -205,7 +205,7 @@ def run_once(vm, batch: int, new_tokens: int, image_px: int, device: str) -> Mea
     import torch
     from PIL import Image
 
-    from server.generation import GenerationRequest, Sampling
+    from visionrag.server.generation import GenerationRequest, Sampling
 
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
     requests = [
@@ -257,7 +257,7 @@ def main() -> int:
     name = torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()})"
     print(f"device: {name}; torch {torch.__version__}; scale {scale}; {new_tokens} new tokens", flush=True)
 
-    from server.generation import VisionModel
+    from visionrag.server.generation import VisionModel
 
     t0 = time.perf_counter()
     model, processor, weight_bytes, params = build(scale, device)

@@ -137,19 +137,15 @@ def mllama_dir(work: Path, hidden: int) -> Path:
 
 
 def settings_for(data_dir: Path, text: Path, vision: Path) -> Any:
-    from server.settings import Settings
+    from visionrag.search.config import HistoryConfig
 
-    return Settings.load(
-        {"data_dir": data_dir, "text_model_path": text, "image_model_path": vision},
-        environ={},
-        dotenv_path=None,
-    )
+    return HistoryConfig(data_dir=data_dir, text_model_path=text, image_model_path=vision)
 
 
 # -- 1. indexing throughput ------------------------------------------------------------------------------
 def bench_index(work: Path, text: Path, vision: Path, n: int, rounds: int, timeout: float) -> None:
-    from search.history import History, make_thumbnail
-    from search.interaction import Interaction
+    from visionrag.search.history import History, make_thumbnail
+    from visionrag.search.interaction import Interaction
 
     rng = random.Random(1)
     shutil.rmtree(work / "index-data", ignore_errors=True)
@@ -259,10 +255,10 @@ def fill(history: Any, count: int, chunk_pool: list[int], rng: random.Random) ->
     """`count` journal rows (durable writes, as record() makes them) and matching points (random unit vectors,
     realistic multivector sizes and payloads) through the store code the indexer uses; returns (journal s,
     store s)."""
-    from search.indexer import payload_of
-    from search.interaction import Interaction
-    from search.journal import BacklogEntry
-    from search.store import Point
+    from visionrag.search.indexer import payload_of
+    from visionrag.search.interaction import Interaction
+    from visionrag.search.journal import BacklogEntry
+    from visionrag.search.store import Point
 
     nprng = np.random.default_rng(rng.randrange(2**32))
     dim = 512
@@ -322,8 +318,8 @@ def bench_search(
     rounds: int,
     budget: float,
 ) -> None:
-    from search.embedders import Embedders
-    from search.history import History
+    from visionrag.search.embedders import Embedders
+    from visionrag.search.history import History
 
     emb = Embedders(settings_for(work / "unused", text, vision))
     emb.load()

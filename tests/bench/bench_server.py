@@ -120,7 +120,7 @@ def bench_bare(model_dir: Path, args: argparse.Namespace) -> list[Row]:
     import torch
     from PIL import Image
 
-    from server.generation import GenerationRequest, Sampling, VisionModel
+    from visionrag.server.generation import GenerationRequest, Sampling, VisionModel
 
     torch.set_num_threads(args.threads)
     model = VisionModel.load(str(model_dir), device="cpu")

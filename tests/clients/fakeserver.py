@@ -14,10 +14,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from clients.testing import parse_multipart
+from visionrag.clients.testing import parse_multipart
 
 MODEL = "tiny-mllama"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up mid-stream is part of the scenarios; socketserver would print its traceback
+    to stderr, which the CLI tests capture as the command's own output."""
+
+    def handle_error(self, request, client_address) -> None:  # type: ignore[override]
+        pass
 
 
 class FakeServer:
@@ -30,7 +38,7 @@ class FakeServer:
         self._clock = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
         self._lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"fake": self})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)

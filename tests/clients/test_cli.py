@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from click.testing import CliRunner
 
-from clients.cli import main
 from tests.clients.fakeserver import PNG, FakeServer
+from visionrag.clients.cli import main
 
 
 @pytest.fixture

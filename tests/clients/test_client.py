@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 import requests
 
-from clients import (
+from visionrag.clients import (
     Answer,
     APIError,
     BadRequest,
@@ -26,7 +26,7 @@ from clients import (
     VisionRAG,
     VisionRAGError,
 )
-from clients.testing import MockAdapter, ndjson
+from visionrag.clients.testing import MockAdapter, ndjson
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 ANSWER = {

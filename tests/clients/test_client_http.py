@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from clients import ConnectionFailed, NotFound, ServiceUnavailable, Unauthorized, VisionRAG
 from tests.clients.fakeserver import PNG, FakeServer
+from visionrag.clients import ConnectionFailed, NotFound, ServiceUnavailable, Unauthorized, VisionRAG
 
 
 def test_stream_delivers_the_first_piece_before_the_answer_is_finished(fake_server):

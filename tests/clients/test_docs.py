@@ -10,15 +10,15 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from clients import docs
-from clients.cli import LAZY_COMMANDS, main
-from clients.clitools import LazyCommand, VisionRAGGroup
+from visionrag.clients import docs
+from visionrag.clients.cli import LAZY_COMMANDS, main
+from visionrag.clients.clitools import LazyCommand, VisionRAGGroup
 
 
 def test_docs_cli_md_is_current():
-    assert docs.DOC_PATH.exists(), "run: python -m clients.docs --write"
+    assert docs.DOC_PATH.exists(), "run: python -m visionrag.clients.docs --write"
     assert docs.DOC_PATH.read_text(encoding="utf-8") == docs.render(), (
-        "docs/cli.md is out of date: run python -m clients.docs --write"
+        "docs/cli.md is out of date: run python -m visionrag.clients.docs --write"
     )
 
 
@@ -42,7 +42,7 @@ def test_help_imports_neither_torch_nor_the_server():
     code = textwrap.dedent(
         """
         import sys
-        from clients.cli import main
+        from visionrag.clients.cli import main
         main(["--help"], standalone_mode=False)
         heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "transformers", "litserve",
                         "server", "search", "fastembed", "qdrant_client"})

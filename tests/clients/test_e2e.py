@@ -11,7 +11,8 @@ import uuid
 import pytest
 from PIL import Image
 
-from clients import (
+from tests.conftest import VISIONRAG, diagram_png, free_port, wait_until
+from visionrag.clients import (
     ConnectionFailed,
     NotFound,
     Unauthorized,
@@ -19,7 +20,6 @@ from clients import (
     UnsupportedMediaType,
     VisionRAG,
 )
-from tests.conftest import VISIONRAG, diagram_png, free_port, wait_until
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from server.settings import Settings
+from visionrag.server.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.settings import Settings
+from visionrag.search.config import HistoryConfig
 
 
 @pytest.fixture(scope="session")
@@ -18,43 +18,19 @@ def tiny_clip(tiny_clip_dirs: tuple[Path, Path]) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def settings(tiny_clip: tuple[Path, Path], tmp_path: Path) -> Settings:
+def settings(tiny_clip: tuple[Path, Path], tmp_path: Path) -> HistoryConfig:
     text_dir, vision_dir = tiny_clip
-    return Settings.load(
-        overrides={
-            "text_model_path": text_dir,
-            "image_model_path": vision_dir,
-            "data_dir": tmp_path / "data",
-            "collection_name": "test_history",
-        },
-        environ={},
-        dotenv_path=None,
+    return HistoryConfig(
+        text_model_path=text_dir,
+        image_model_path=vision_dir,
+        data_dir=tmp_path / "data",
+        collection_name="test_history",
     )
-
-
-@pytest.fixture(scope="session")
-def shared_embedders(tiny_clip: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory):
-    """One loaded pair of models for the whole session (loading is the slow part of a History)."""
-    from search.embedders import Embedders
-
-    text_dir, vision_dir = tiny_clip
-    settings = Settings.load(
-        overrides={
-            "text_model_path": text_dir,
-            "image_model_path": vision_dir,
-            "data_dir": tmp_path_factory.mktemp("unused"),
-        },
-        environ={},
-        dotenv_path=None,
-    )
-    embedders = Embedders(settings)
-    embedders.load()
-    return embedders
 
 
 @pytest.fixture
-def history(settings: Settings, shared_embedders) -> Iterator:
-    from search.history import History
+def history(settings: HistoryConfig, shared_embedders) -> Iterator:
+    from visionrag.search.history import History
 
     h = History(settings, embedders=shared_embedders)
     h.start()

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from PIL import Image, ImageDraw
 
-from search.interaction import Interaction
+from visionrag.search.interaction import Interaction
 
 T = TypeVar("T")
 

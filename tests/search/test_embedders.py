@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from search.embedders import CLIP_CONTEXT, Embedders, chunk_text
 from tests.search.helpers import diagram
+from visionrag.search.embedders import CLIP_CONTEXT, Embedders, chunk_text
 
 LONG = " ".join(f"component{i} sends events to the queue, then the worker writes row {i}." for i in range(40))
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from search.errors import InvalidQuery, NotFound
-from search.history import History
 from tests.search.helpers import RESULT_FIELDS, diagram, interaction, wait_for
+from visionrag.search.errors import InvalidQuery, NotFound
+from visionrag.search.history import History
 
 ROOT = Path(__file__).resolve().parents[2]
 FILLER = " ".join(
@@ -237,12 +237,12 @@ WRITER = """
 import sys, warnings
 warnings.simplefilter("ignore")
 from pathlib import Path
-from server.settings import Settings
-from search.history import History
+from visionrag.search.config import HistoryConfig
+from visionrag.search.history import History
 from tests.search.helpers import diagram, interaction
 text_dir, vision_dir, data_dir = map(Path, sys.argv[1:4])
-settings = Settings.load(overrides={"text_model_path": text_dir, "image_model_path": vision_dir,
-    "data_dir": data_dir, "collection_name": "test_history"}, environ={}, dotenv_path=None)
+settings = HistoryConfig(text_model_path=text_dir, image_model_path=vision_dir,
+    data_dir=data_dir, collection_name="test_history")
 history = History(settings)
 history.start()
 n = 0

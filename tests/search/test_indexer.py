@@ -7,11 +7,11 @@ import io
 import socket
 import time
 
-from search.errors import StoreUnavailable
-from search.history import History
-from search.indexer import OK, UNAVAILABLE
-from search.store import Store
 from tests.search.helpers import diagram, interaction, wait_for
+from visionrag.search.errors import StoreUnavailable
+from visionrag.search.history import History
+from visionrag.search.indexer import OK, UNAVAILABLE
+from visionrag.search.server_store import ServerStore as Store
 
 
 def closed_port() -> int:

@@ -11,8 +11,8 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from search.journal import Journal
 from tests.search.helpers import interaction, wait_for
+from visionrag.search.journal import Journal
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -108,7 +108,7 @@ def test_concurrent_adds_each_land_once(tmp_path: Path) -> None:
 WRITER = """
 import sys
 from pathlib import Path
-from search.journal import Journal
+from visionrag.search.journal import Journal
 from tests.search.helpers import interaction
 journal = Journal(Path(sys.argv[1]))
 n = 0

@@ -8,8 +8,9 @@ import uuid
 import numpy as np
 import pytest
 
-from search.errors import StoreUnavailable
-from search.store import IMAGE, TEXT, Point, Probe, SchemaMismatch, Store, build_filter
+from visionrag.search.errors import StoreUnavailable
+from visionrag.search.server_store import ServerStore as Store
+from visionrag.search.store import IMAGE, TEXT, Filters, Point, Probe, SchemaMismatch
 
 DIM = 8
 
@@ -74,9 +75,9 @@ def test_fusion_pages_and_filters(store: Store) -> None:
     assert [i for i, _ in page] == [i for i, _ in fused[3:6]]
     ids = lambda hits: {i for i, _ in hits}  # noqa: E731
     by = {p.id: p for p in points}
-    assert all(by[i].payload["user"] == "ann" for i in ids(store.query(probes, build_filter(user="ann"), 10)))
-    assert ids(store.query(probes, build_filter(tags=["x", "y"]), 10)) == {p.id for p in points[5:]}
-    assert ids(store.query(probes, build_filter(since=2, until=4), 10)) == {p.id for p in points[2:5]}
+    assert all(by[i].payload["user"] == "ann" for i in ids(store.query(probes, Filters(user="ann"), 10)))
+    assert ids(store.query(probes, Filters(tags=["x", "y"]), 10)) == {p.id for p in points[5:]}
+    assert ids(store.query(probes, Filters(since=2, until=4), 10)) == {p.id for p in points[2:5]}
 
 
 def test_delete(store: Store) -> None:

@@ -12,9 +12,9 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 
-from server.auth import APIKeyMiddleware, install_auth, is_public, key_matches, presented_keys
-from server.settings import Settings
 from tests.conftest import diagram_png
+from visionrag.server.auth import APIKeyMiddleware, install_auth, is_public, key_matches, presented_keys
+from visionrag.server.settings import Settings
 
 KEY = "test-key-" + "x7Q9" * 4
 DATA_URL = "data:image/png;base64," + base64.b64encode(diagram_png(3)).decode()

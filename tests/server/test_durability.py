@@ -30,7 +30,7 @@ def searchable_ids(server, user: str) -> set[str]:
 
 def test_the_journal_is_synced_before_an_answer_is_acknowledged(tmp_path) -> None:
     """SQLite in WAL mode with synchronous=FULL: a commit is fsynced before record() returns."""
-    from search.journal import Journal
+    from visionrag.search.journal import Journal
 
     journal = Journal(tmp_path / "journal.db")
     try:

@@ -29,9 +29,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from server.errors import ImageFetchError, InvalidInput, PayloadTooLarge, UnsupportedImage, VisionRAGError
-from server.fetch import ImageLoader, LoadedImage
-from server.settings import Settings
+from visionrag.server.errors import (
+    ImageFetchError,
+    InvalidInput,
+    PayloadTooLarge,
+    UnsupportedImage,
+    VisionRAGError,
+)
+from visionrag.server.fetch import ImageLoader, LoadedImage
+from visionrag.server.settings import Settings
 
 # ---- safety net: no connection leaves loopback --------------------------------------------------------
 

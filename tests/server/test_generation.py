@@ -7,9 +7,9 @@ import io
 import pytest
 from PIL import Image
 
-from server.generation import GenerationRequest, Sampling, VisionModel, _held_back
 from tests.checkpoints.mllama import build_tiny_mllama
 from tests.conftest import diagram_png
+from visionrag.server.generation import GenerationRequest, Sampling, VisionModel, _held_back
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.metrics import Metrics, install_metrics
 from tests.conftest import diagram_png
+from visionrag.server.metrics import Metrics, install_metrics
 
 
 def scrape(server, headers=None) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -12,8 +12,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.errors import ImageFetchError, InvalidInput
-from server.netguard import NetGuard, Refused, embedded_ipv4, parse_ipv4, parse_url, refusal, shorten
+from visionrag.server.errors import ImageFetchError, InvalidInput
+from visionrag.server.netguard import (
+    NetGuard,
+    Refused,
+    embedded_ipv4,
+    parse_ipv4,
+    parse_url,
+    refusal,
+    shorten,
+)
 
 
 def fake_resolver(table: dict[str, list[str]], calls: list[str] | None = None):

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from server.cli import SECRETS, serve_command
-from server.errors import ConfigError
-from server.settings import Settings, env_help
+from visionrag.server.cli import SECRETS, serve_command
+from visionrag.server.errors import ConfigError
+from visionrag.server.settings import Settings, env_help
 
 ROOT = Path(__file__).resolve().parents[2]
 

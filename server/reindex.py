@@ -68,10 +68,10 @@ def reindex_command(
     collection: str | None,
     progress: bool,
 ) -> None:
-    from search.errors import HistoryError
-    from search.history import History
-    from server.errors import ConfigError
-    from server.settings import Settings
+    from visionrag.search.errors import HistoryError
+    from visionrag.search.history import History
+    from visionrag.server.errors import ConfigError
+    from visionrag.server.settings import Settings
 
     try:
         settings = Settings.load(
@@ -88,7 +88,7 @@ def reindex_command(
         )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
-    history = History(settings)
+    history = History(settings.history_config())
     try:
         total = history.journal.count()
         click.echo(

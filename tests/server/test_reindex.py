@@ -1,4 +1,4 @@
-"""`visionrag reindex` (search/cli.py): rebuilds the collection from the journal with the given settings."""
+"""`visionrag reindex` (server/reindex.py): rebuilds the collection from the journal with the given settings."""
 
 from __future__ import annotations
 
@@ -6,11 +6,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
-from search.cli import reindex_command
-from search.history import History
 from tests.search.helpers import diagram, interaction
+from visionrag.search.config import HistoryConfig
+from visionrag.search.history import History
+from visionrag.server.reindex import reindex_command
+
+
+@pytest.fixture
+def settings(tiny_clip_dirs: tuple[Path, Path], tmp_path: Path) -> HistoryConfig:
+    text_dir, vision_dir = tiny_clip_dirs
+    return HistoryConfig(
+        text_model_path=text_dir,
+        image_model_path=vision_dir,
+        data_dir=tmp_path / "data",
+        collection_name="test_history",
+    )
 
 
 def test_reindex_rebuilds_from_the_journal(settings, shared_embedders, monkeypatch) -> None:
@@ -45,7 +58,7 @@ def test_help_is_complete_and_import_is_light() -> None:
     assert result.exit_code == 0
     for flag in ("--data-dir", "--text-model-path", "--image-model-path", "--qdrant-url", "--collection"):
         assert flag in result.output
-    code = "import sys, search.cli; print(any(m in sys.modules for m in ('torch', 'fastembed', 'qdrant_client')))"
+    code = "import sys, visionrag.server.reindex; print(any(m in sys.modules for m in ('torch', 'fastembed', 'qdrant_client')))"
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     assert out.stdout.strip() == "False"

@@ -1,0 +1,30 @@
+"""What the history layer needs to know, as its own small value: `search/` is a lower layer than the
+server and never imports its settings. The server builds one from its Settings (`Settings.history_config`);
+tests and tools can build one directly."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    data_dir: Path = Path("./data")
+    collection_name: str = "visionrag_history"
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    text_model: str = "Qdrant/clip-ViT-B-32-text"
+    image_model: str = "Qdrant/clip-ViT-B-32-vision"
+    text_model_path: Path | None = None
+    image_model_path: Path | None = None
+    embed_threads: int = 1
+
+    @property
+    def embedded_store(self) -> bool:
+        return not self.qdrant_url
+
+    def replace(self, **changes: Any) -> HistoryConfig:
+        return dataclasses.replace(self, **changes)
