@@ -1,22 +1,28 @@
-"""RunPod's REST API as deploy.py uses it: one authenticated session, errors in the API's own words, and a
-bounded wait for the pod's /health. Standard library + requests only (this folder is not a package: a
-package named `runpod` would shadow the RunPod SDK; deploy.py imports this file as a sibling)."""
+"""RunPod's REST API v2 as deploy.py uses it: one authenticated session, errors in the API's own words (RFC
+9457 problem bodies shown as one line, with the fields that failed). Standard library + requests only (this
+folder is not a package: a package named `runpod` would shadow the RunPod SDK; deploy.py imports this file
+as a sibling)."""
 
 from __future__ import annotations
 
 import json
-import sys
-import time
 from typing import Any
 
 import requests
+
+API_URL = "https://api.runpod.io/v2"
 
 
 class DeployError(Exception):
     """Anything that should end the script with a message and exit status 1."""
 
 
-# ---------------------------------------------------------------- request bodies
+class ApiError(DeployError):
+    """The API answered with an error status; `status` lets a caller decide whether to try something else."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RunPod:
@@ -26,12 +32,16 @@ class RunPod:
         self.session = requests.Session()
         self.session.headers.update({"Authorization": f"Bearer {api_key}", "Accept": "application/json"})
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, params: dict[str, Any] | None = None
+    ) -> Any:
+        """One API call; raises ApiError with the API's message on an error status. The body is never put in
+        an error message (it may carry a secret's value)."""
         url = f"{self.api_url}{path}"
         try:
-            resp = self.session.request(method, url, json=body, timeout=self.timeout)
+            resp = self.session.request(method, url, json=body, params=params, timeout=self.timeout)
         except requests.RequestException as exc:
-            raise DeployError(f"cannot reach the RunPod API at {url}: {exc}") from None
+            raise DeployError(f"cannot reach the RunPod API at {self.api_url}: {type(exc).__name__}") from None
         if resp.status_code >= 400:
             hint = ""
             if resp.status_code in (401, 403):
@@ -39,8 +49,9 @@ class RunPod:
                     " (check RUNPOD_API_KEY: a key with read/write access,"
                     " from the RunPod console > Settings > API Keys)"
                 )
-            raise DeployError(
-                f"RunPod API {method} {path} answered {resp.status_code}: {api_message(resp)}{hint}"
+            raise ApiError(
+                f"RunPod API {method} {path} answered {resp.status_code}: {api_message(resp)}{hint}",
+                resp.status_code,
             )
         if not resp.content:
             return None
@@ -51,77 +62,33 @@ class RunPod:
                 f"RunPod API {method} {path} answered with something that is not JSON: {resp.text[:300]!r}"
             ) from None
 
-    def find_template(self, name: str) -> dict[str, Any] | None:
-        listing = self.call("GET", "/templates")
-        if isinstance(listing, dict):  # tolerate {"templates": [...]} / {"data": [...]}
-            listing = listing.get("templates") or listing.get("data") or []
-        for tpl in listing or []:
-            if isinstance(tpl, dict) and tpl.get("name") == name:
-                return tpl
-        return None
+    def find_by_name(self, path: str, key: str, name: str) -> dict[str, Any] | None:
+        """The item called `name` in a v2 listing such as GET /templates -> {"templates": [...]}."""
+        listing = self.call("GET", path)
+        items = listing.get(key) if isinstance(listing, dict) else None
+        if not isinstance(items, list):
+            raise DeployError(f"RunPod API GET {path} answered without a {key!r} list: {json.dumps(listing)[:300]}")
+        return next((i for i in items if isinstance(i, dict) and i.get("name") == name), None)
 
 
 def api_message(resp: requests.Response) -> str:
-    """The API's own words for an error, whatever shape the body has."""
+    """One line from an error answer: RFC 9457 `title: detail (errors)`, or whatever else the body says."""
     try:
         data = resp.json()
     except ValueError:
-        text = resp.text.strip()
+        text = " ".join(resp.text.split())
         return text[:500] if text else resp.reason or "no message"
+    if isinstance(data, dict) and ("title" in data or "detail" in data):
+        head = ": ".join(str(data[k]) for k in ("title", "detail") if data.get(k))
+        errors = data.get("errors")
+        if isinstance(errors, list) and errors:
+            head += " [" + "; ".join(str(e) for e in errors) + "]"
+        return head
     if isinstance(data, dict):
-        for key in ("error", "message", "detail", "errors"):
-            value = data.get(key)
-            if value:
-                return value if isinstance(value, str) else json.dumps(value)
+        for key in ("error", "message"):
+            if isinstance(data.get(key), str):
+                return data[key]
     return json.dumps(data)[:500]
-
-
-def wait_healthy(base: str, wait: float, poll: float, pod_id: str) -> None:
-    """Poll {base}/health until 200, showing elapsed time and the last answer, for at most `wait` s."""
-    url = base.rstrip("/") + "/health"
-    tty = sys.stdout.isatty()
-    start = time.monotonic()
-    last = "no answer yet"
-    print(
-        f"waiting up to {int(wait)} s for {url} (first start downloads ~22 GB, then loads one model per GPU)"
-    )
-    while True:
-        elapsed = time.monotonic() - start
-        try:
-            resp = requests.get(url, timeout=min(10.0, max(poll, 1.0)))
-            if resp.status_code == 200:
-                _progress(tty, elapsed, wait, "200 ready", final=True)
-                print(f"healthy after {int(elapsed)} s")
-                return
-            last = f"{resp.status_code} {_short(resp)}"
-        except requests.RequestException as exc:
-            last = f"not reachable yet ({type(exc).__name__})"
-        _progress(tty, elapsed, wait, last)
-        if elapsed >= wait:
-            if tty:
-                print()
-            raise DeployError(
-                f"{url} not healthy after {int(wait)} s (last: {last}). "
-                f"The pod {pod_id} is still running and "
-                "billing: read its logs in the RunPod console, wait longer, or stop it there."
-            )
-        time.sleep(min(poll, wait - elapsed))
-
-
-def _progress(tty: bool, elapsed: float, wait: float, last: str, final: bool = False) -> None:
-    width = 30
-    done = int(width * min(1.0, elapsed / wait)) if wait > 0 else width
-    bar = "#" * done + "." * (width - done)
-    line = f"[{bar}] {int(elapsed):>5d}/{int(wait)} s  /health: {last}"
-    if tty:
-        print("\r" + line[:120].ljust(120), end="\n" if final else "", flush=True)
-    else:
-        print(line, flush=True)
-
-
-def _short(resp: requests.Response) -> str:
-    text = " ".join(resp.text.split())
-    return (text[:60] + "...") if len(text) > 60 else text
 
 
 def response_id(obj: Any, what: str) -> str:

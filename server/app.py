@@ -20,6 +20,7 @@ from visionrag.server.auth import install_auth
 from visionrag.server.errors import ConfigError, install_error_handlers
 from visionrag.server.history_routes import router as history_router
 from visionrag.server.metrics import install_metrics
+from visionrag.server.ping import ping
 from visionrag.server.routes import replace_routes
 from visionrag.server.settings import Settings
 from visionrag.server.spec import VisionSpec
@@ -91,6 +92,7 @@ def build_server(settings: Settings) -> VisionServer:
     app.state.server = server
     replace_routes(app, {("GET", "/health")})
     app.add_api_route("/health", _health, methods=["GET"], summary="200 once the model and history are ready")
+    app.add_api_route("/ping", ping, methods=["GET"], summary="204 while loading, 200 ready, 503 broken")
     app.include_router(history_router)
     register_ui(app)
     install_error_handlers(app)

@@ -1,4 +1,4 @@
-"""The API key: with `settings.api_key` set, every route but `GET /health` and the web page's static files
+"""The API key: with `settings.api_key` set, every route but `GET /health`, `GET /ping` and the web page's static files
 needs `Authorization: Bearer KEY` or `X-API-Key: KEY`.
 
 A pure ASGI middleware (not `BaseHTTPMiddleware`, which would buffer streamed answers) placed around the
@@ -17,8 +17,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from visionrag.server.settings import Settings
 
-# Open without a key (GET and HEAD only): the health probe and the web page's static files (server/ui.py).
-PUBLIC_PATHS = frozenset({"/health", "/", "/ui", "/ui/", "/favicon.ico"})
+# Open without a key (GET and HEAD only): the health and readiness probes and the web page's static files
+# (server/ui.py).
+PUBLIC_PATHS = frozenset({"/health", "/ping", "/", "/ui", "/ui/", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/static/",)
 _OPEN_METHODS = frozenset({"GET", "HEAD"})
 

@@ -107,7 +107,7 @@ class Settings:
     port: int = field(default=8000, metadata=_env("PORT", help="HTTP port"))
     api_key: str | None = field(
         default=None,
-        metadata=_env("VISIONRAG_API_KEY", help="when set, every route but /health needs this key"),
+        metadata=_env("VISIONRAG_API_KEY", help="when set, every route but /health and /ping needs this key"),
     )
     # image fetching
     allow_private_hosts: tuple[str, ...] = field(
