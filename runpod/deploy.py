@@ -101,14 +101,22 @@ def pod_candidates(api: RunPod, args: argparse.Namespace) -> list[str]:
     catalog = api.call(
         "GET",
         "/catalog/gpus",
-        params={"include": "AVAILABILITY", "product": "POD", "count": args.gpu_count or 2, "cloud": args.cloud},
+        params={
+            "include": "AVAILABILITY",
+            "product": "POD",
+            "count": args.gpu_count or 2,
+            "cloud": args.cloud,
+        },
     )
     levels = {g.get("id"): g.get("availability", "NONE") for g in (catalog or {}).get("gpus", [])}
     out = []
     for gpu in args.gpu_type:
         if gpu not in levels:
             big = sorted(i for i, g in _by_id(catalog).items() if int(g.get("memory") or 0) >= 48)
-            print(f"{gpu}: not a GPU type id in RunPod's catalog (48 GB and up: {', '.join(big)})", file=sys.stderr)
+            print(
+                f"{gpu}: not a GPU type id in RunPod's catalog (48 GB and up: {', '.join(big)})",
+                file=sys.stderr,
+            )
         elif levels[gpu] == "NONE":
             print(f"{gpu}: no {args.cloud.lower()} stock for {args.gpu_count or 2} GPUs now", file=sys.stderr)
         else:
@@ -151,13 +159,19 @@ def deploy_serverless(api: RunPod, args: argparse.Namespace) -> str:
     pools = {g.get("pool") for g in catalog.values() if g.get("pool")}
     unknown = [p for p in args.pool if p not in pools]
     if unknown:
-        big = sorted({str(g["pool"]) for g in catalog.values() if g.get("pool") and int(g.get("memory") or 0) >= 48})
-        raise DeployError(f"--pool {', '.join(unknown)}: not a Serverless GPU pool (48 GB and up: {', '.join(big)})")
+        big = sorted(
+            {str(g["pool"]) for g in catalog.values() if g.get("pool") and int(g.get("memory") or 0) >= 48}
+        )
+        raise DeployError(
+            f"--pool {', '.join(unknown)}: not a Serverless GPU pool (48 GB and up: {', '.join(big)})"
+        )
     template_id = upsert_template(api, serverless_template_body(args))
     name = args.endpoint_name or args.name
     existing = api.find_by_name("/serverless", "endpoints", name)
     if existing is None:
-        endpoint_id = response_id(api.call("POST", "/serverless", endpoint_body(args, template_id)), "endpoint")
+        endpoint_id = response_id(
+            api.call("POST", "/serverless", endpoint_body(args, template_id)), "endpoint"
+        )
         print(f"created load-balancing endpoint {name!r} ({endpoint_id})")
     else:
         if existing.get("type") not in (None, "LOAD_BALANCER"):
@@ -183,7 +197,9 @@ def dry_run(args: argparse.Namespace) -> None:
             print(json.dumps(body, indent=2))
         print()
 
-    print(f"# dry run: nothing is sent. With RUNPOD_API_KEY as 'Authorization: Bearer ***', deploy.py would call {api}:")
+    print(
+        f"# dry run: nothing is sent. With RUNPOD_API_KEY as 'Authorization: Bearer ***', deploy.py would call {api}:"
+    )
     print()
     for name in args.create_secret:
         show(f"POST {api}/account/secrets  # a 409 (exists) is fine", secret_placeholder(name))
@@ -191,7 +207,10 @@ def dry_run(args: argparse.Namespace) -> None:
         tpl = serverless_template_body(args)
         show(f"GET {api}/catalog/gpus  # are the --pool ids Serverless pools?")
         show(f"GET {api}/templates  # look for a template named {tpl['name']!r}")
-        show(f"POST {api}/templates  # when none exists; otherwise PATCH {api}/templates/{{id}} without 'serverless'", tpl)
+        show(
+            f"POST {api}/templates  # when none exists; otherwise PATCH {api}/templates/{{id}} without 'serverless'",
+            tpl,
+        )
         show(f"GET {api}/serverless  # look for an endpoint named {args.endpoint_name or args.name!r}")
         show(
             f"POST {api}/serverless  # when none exists; otherwise PATCH {api}/serverless/{{id}} without name and type",
@@ -205,7 +224,9 @@ def dry_run(args: argparse.Namespace) -> None:
         pod_template_body(args),
     )
     note = "" if args.pod else "  # only with --pod"
-    show(f"GET {api}/catalog/gpus?include=AVAILABILITY&product=POD&count={args.gpu_count or 2}&cloud={args.cloud}{note}")
+    show(
+        f"GET {api}/catalog/gpus?include=AVAILABILITY&product=POD&count={args.gpu_count or 2}&cloud={args.cloud}{note}"
+    )
     show(
         f"POST {api}/pods{note}  # first --gpu-type in stock; on 400 (no capacity) the next: {', '.join(args.gpu_type)}",
         pod_body(args, "<id of the template above>", args.gpu_type[0]),
@@ -245,7 +266,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="container image (build and push it first; see runpod/README.md)",
     )
     t.add_argument("--name", default=DEFAULT_TEMPLATE_NAME, help="template name; an existing one is updated")
-    t.add_argument("--model", default=DEFAULT_MODEL, help="MODEL_NAME: hub id, or /opt/model for an image built with BAKE_MODEL")
+    t.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="MODEL_NAME: hub id, or /opt/model for an image built with BAKE_MODEL",
+    )
     t.add_argument(
         "--placement",
         choices=("replicate", "shard"),
@@ -268,7 +293,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="VERSION",
         help="allowedCudaVersions entry (repeatable); default: 12.8 and newer, as the image needs",
     )
-    t.add_argument("--hf-secret", default="HF_TOKEN", help="RunPod secret passed as HF_TOKEN ('' to leave out)")
+    t.add_argument(
+        "--hf-secret", default="HF_TOKEN", help="RunPod secret passed as HF_TOKEN ('' to leave out)"
+    )
     t.add_argument(
         "--qdrant-url",
         default=None,
@@ -303,7 +330,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--pod", action="store_true", help="after the template, start a pod and wait for /ping")
-    mode.add_argument("--serverless", action="store_true", help="create or update a load-balancing Serverless endpoint")
+    mode.add_argument(
+        "--serverless", action="store_true", help="create or update a load-balancing Serverless endpoint"
+    )
     d = p.add_argument_group("pod")
     d.add_argument("--pod-name", default=None, help="pod name (default: the template name)")
     d.add_argument(
@@ -314,10 +343,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"GPU type id, repeatable, tried in order (default: {DEFAULT_GPU}); e.g. --gpu-type "
         "'NVIDIA L40S' --gpu-type 'NVIDIA L40'",
     )
-    d.add_argument("--gpu-count", type=int, default=None, help="GPUs per pod (default 2) or per Serverless worker (default 1)")
-    d.add_argument("--cloud", "--cloud-type", choices=("SECURE", "COMMUNITY"), default="SECURE", help="cloud tier")
-    d.add_argument("--data-center", action="append", default=[], metavar="ID", help="dataCenterIds entry (repeatable)")
-    d.add_argument("--wait", type=float, default=1800, help="seconds to wait for RUNNING and /ping (0: don't wait)")
+    d.add_argument(
+        "--gpu-count",
+        type=int,
+        default=None,
+        help="GPUs per pod (default 2) or per Serverless worker (default 1)",
+    )
+    d.add_argument(
+        "--cloud", "--cloud-type", choices=("SECURE", "COMMUNITY"), default="SECURE", help="cloud tier"
+    )
+    d.add_argument(
+        "--data-center", action="append", default=[], metavar="ID", help="dataCenterIds entry (repeatable)"
+    )
+    d.add_argument(
+        "--wait", type=float, default=1800, help="seconds to wait for RUNNING and /ping (0: don't wait)"
+    )
     d.add_argument("--poll", type=float, default=10, help="seconds between checks")
     d.add_argument(
         "--ready-url",
@@ -337,10 +377,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--min-workers", type=int, default=0, help="workers kept running (0: scale to zero)")
     s.add_argument("--max-workers", type=int, default=3, help="most workers at once")
     s.add_argument("--idle-timeout", type=int, default=300, help="seconds an idle worker stays up (1..3600)")
-    s.add_argument("--requests-per-worker", type=int, default=4, help="REQUEST_COUNT scaling: requests per worker")
-    s.add_argument("--flashboot", choices=("OFF", "FLASHBOOT", "PRIORITY_FLASHBOOT"), default="FLASHBOOT", help="FlashBoot (faster cold starts)")
+    s.add_argument(
+        "--requests-per-worker", type=int, default=4, help="REQUEST_COUNT scaling: requests per worker"
+    )
+    s.add_argument(
+        "--flashboot",
+        choices=("OFF", "FLASHBOOT", "PRIORITY_FLASHBOOT"),
+        default="FLASHBOOT",
+        help="FlashBoot (faster cold starts)",
+    )
     a = p.add_argument_group("API")
-    a.add_argument("--api-url", default=os.environ.get("RUNPOD_API_URL") or API_URL, help="RunPod REST API v2 base URL")
+    a.add_argument(
+        "--api-url", default=os.environ.get("RUNPOD_API_URL") or API_URL, help="RunPod REST API v2 base URL"
+    )
     a.add_argument("--timeout", type=float, default=30, help="seconds per API request")
     a.add_argument("--dry-run", action="store_true", help="print every request body and send nothing")
     args = p.parse_args(argv)
@@ -402,7 +451,9 @@ def main(argv: list[str] | None = None) -> int:
                 "and export RUNPOD_API_KEY=..."
             )
         if not args.api_key_secret and "VISIONRAG_API_KEY" not in {e.partition("=")[0] for e in args.env}:
-            print("note: no --api-key-secret: the server will answer anyone who knows its URL", file=sys.stderr)
+            print(
+                "note: no --api-key-secret: the server will answer anyone who knows its URL", file=sys.stderr
+            )
         api = RunPod(args.api_url, key, args.timeout)
         create_secrets(api, args.create_secret)
         if args.serverless:
@@ -422,7 +473,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.wait > 0:
             deadline = time.monotonic() + args.wait
             wait_pod_running(api, pod_id, deadline, args.poll)
-            wait_ready(args.ready_url or proxy_url(pod_id, args.port), deadline, args.poll, f"The pod {pod_id}")
+            wait_ready(
+                args.ready_url or proxy_url(pod_id, args.port), deadline, args.poll, f"The pod {pod_id}"
+            )
         return 0
     except DeployError as exc:
         print(f"deploy.py: error: {exc}", file=sys.stderr)

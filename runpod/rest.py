@@ -41,7 +41,9 @@ class RunPod:
         try:
             resp = self.session.request(method, url, json=body, params=params, timeout=self.timeout)
         except requests.RequestException as exc:
-            raise DeployError(f"cannot reach the RunPod API at {self.api_url}: {type(exc).__name__}") from None
+            raise DeployError(
+                f"cannot reach the RunPod API at {self.api_url}: {type(exc).__name__}"
+            ) from None
         if resp.status_code >= 400:
             hint = ""
             if resp.status_code in (401, 403):
@@ -67,7 +69,9 @@ class RunPod:
         listing = self.call("GET", path)
         items = listing.get(key) if isinstance(listing, dict) else None
         if not isinstance(items, list):
-            raise DeployError(f"RunPod API GET {path} answered without a {key!r} list: {json.dumps(listing)[:300]}")
+            raise DeployError(
+                f"RunPod API GET {path} answered without a {key!r} list: {json.dumps(listing)[:300]}"
+            )
         return next((i for i in items if isinstance(i, dict) and i.get("name") == name), None)
 
 

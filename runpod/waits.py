@@ -84,7 +84,9 @@ def wait_ready(base: str, deadline: float, poll: float, what: str) -> None:
                 _progress(tty, elapsed, total, "200 ready", final=True)
                 print(f"ready after {int(elapsed)} s")
                 return
-            last = "204 loading the model" if resp.status_code == 204 else f"{resp.status_code} {_short(resp)}"
+            last = (
+                "204 loading the model" if resp.status_code == 204 else f"{resp.status_code} {_short(resp)}"
+            )
         except requests.RequestException as exc:
             last = f"not reachable yet ({type(exc).__name__})"
         _progress(tty, elapsed, total, last)

@@ -43,7 +43,13 @@ GPUS = [
 
 
 def problem(status: int, detail: str, errors: list[str] | None = None) -> dict[str, Any]:
-    titles = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 409: "Conflict", 422: "Unprocessable Entity"}
+    titles = {
+        400: "Bad Request",
+        401: "Unauthorized",
+        404: "Not Found",
+        409: "Conflict",
+        422: "Unprocessable Entity",
+    }
     body: dict[str, Any] = {"title": titles.get(status, "Error"), "status": status, "detail": detail}
     if errors:
         body["errors"] = errors
@@ -163,7 +169,11 @@ class FakeRunPod:
                 "memory": g["memory"],
                 "secure": True,
                 "community": True,
-                "price": {"secure": g["price"], "community": round(g["price"] * 0.8, 2), "serverless": g["price"] * 2},
+                "price": {
+                    "secure": g["price"],
+                    "community": round(g["price"] * 0.8, 2),
+                    "serverless": g["price"] * 2,
+                },
                 "maxCount": {"secure": 8, "community": 8},
             }
             if include:
@@ -183,10 +193,18 @@ class FakeRunPod:
         if gpu["id"] not in {g["id"] for g in GPUS}:
             return 400, problem(400, f"unknown GPU type {gpu['id']!r}")
         if gpu["id"] in self.no_capacity:
-            return 400, problem(400, "There are no longer any instances available with the requested specifications.")
+            return 400, problem(
+                400, "There are no longer any instances available with the requested specifications."
+            )
         pod_id = f"pod{len(self.pods) + 1:03d}abc"
         price = next(g["price"] for g in GPUS if g["id"] == gpu["id"])
-        pod = {"id": pod_id, "name": body["name"], "status": "PROVISIONING", "gpu": gpu, "cost": price * gpu.get("count", 1)}
+        pod = {
+            "id": pod_id,
+            "name": body["name"],
+            "status": "PROVISIONING",
+            "gpu": gpu,
+            "cost": price * gpu.get("count", 1),
+        }
         self.pods[pod_id] = pod
         return 201, pod
 
@@ -215,7 +233,10 @@ class FakeRunPod:
         ep = {
             "id": ep_id,
             **body,
-            "requestUrls": {"base": f"https://{ep_id}.api.runpod.ai", "health": f"https://{ep_id}.api.runpod.ai/ping"},
+            "requestUrls": {
+                "base": f"https://{ep_id}.api.runpod.ai",
+                "health": f"https://{ep_id}.api.runpod.ai/ping",
+            },
         }
         self.endpoints.append(ep)
         return 201, ep
@@ -233,7 +254,11 @@ class FakeRunPod:
         if body["name"] in self.secrets:
             return 409, problem(409, f"a secret named {body['name']} already exists")
         self.secrets[body["name"]] = body["value"]
-        return 201, {"id": f"sec{len(self.secrets)}", "name": body["name"], "createdAt": "2026-11-22T10:00:00Z"}
+        return 201, {
+            "id": f"sec{len(self.secrets)}",
+            "name": body["name"],
+            "createdAt": "2026-11-22T10:00:00Z",
+        }
 
 
 # Refusals the script provokes on purpose in some tests; anything else refused is a violation.
@@ -284,12 +309,21 @@ def serve(state: FakeRunPod) -> tuple[ThreadingHTTPServer, str]:
             if raw and "json" not in headers.get("content-type", ""):
                 state.violations.append(f"{self.command} {parts.path}: body without a JSON content type")
             if re.fullmatch(r"/v2/pods/[^/]+/logs", parts.path):
-                lines = [json.dumps({"source": "container", "line": x, "ts": "2026-11-22T10:00:00Z"}) for x in state.pod_logs]
+                lines = [
+                    json.dumps({"source": "container", "line": x, "ts": "2026-11-22T10:00:00Z"})
+                    for x in state.pod_logs
+                ]
                 sse = "".join(f"id: {i}\ndata: {line}\n\n" for i, line in enumerate(lines)).encode()
                 return self._answer(200, sse, "text/event-stream")
             status, answer = state.handle(self.command, parts.path, parse_qs(parts.query), body)
-            if status >= 400 and status not in EXPECTED and not (
-                status == 400 and isinstance(body, dict) and body.get("gpu", {}).get("id") in state.no_capacity
+            if (
+                status >= 400
+                and status not in EXPECTED
+                and not (
+                    status == 400
+                    and isinstance(body, dict)
+                    and body.get("gpu", {}).get("id") in state.no_capacity
+                )
             ):
                 state.violations.append(f"{self.command} {parts.path}: {status} {answer}")
             return self._answer(status, answer)

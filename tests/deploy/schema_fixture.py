@@ -36,7 +36,12 @@ CREATE_SECRET_REQUEST: dict[str, Any] = {
     "type": "object",
     "required": ["name", "value"],
     "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": 191, "pattern": "^[a-zA-Z_][a-zA-Z0-9_.\\-/]*$"},
+        "name": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 191,
+            "pattern": "^[a-zA-Z_][a-zA-Z0-9_.\\-/]*$",
+        },
         "value": {"type": "string", "minLength": 1, "maxLength": 16777216},
         "description": {"type": "string", "maxLength": 65535},
     },

@@ -51,7 +51,9 @@ def test_ping_answers_204_while_loading_then_200_with_a_key_set(tmp_path, server
         ready = requests.get(f"{proc.url}/ping", timeout=5)
         assert ready.status_code == 200 and "www-authenticate" not in ready.headers
         assert requests.get(f"{proc.url}/health", timeout=5).json()["status"] == "ok"  # unchanged
-        assert requests.get(f"{proc.url}/history", timeout=5).status_code == 401  # the key still guards the rest
+        assert (
+            requests.get(f"{proc.url}/history", timeout=5).status_code == 401
+        )  # the key still guards the rest
         assert requests.post(f"{proc.url}/ping", timeout=5).status_code == 401  # only GET is open
     finally:
         proc.stop()
@@ -79,10 +81,18 @@ def _app(workers: dict[str, WorkerSetupStatus], journal: str | None) -> TestClie
     [
         ({}, None, 204),  # nothing started yet
         ({"w0": WorkerSetupStatus.STARTING}, "ok", 204),
-        ({"w0": WorkerSetupStatus.READY, "w1": WorkerSetupStatus.STARTING}, "ok", 204),  # one GPU still loading
+        (
+            {"w0": WorkerSetupStatus.READY, "w1": WorkerSetupStatus.STARTING},
+            "ok",
+            204,
+        ),  # one GPU still loading
         ({"w0": WorkerSetupStatus.READY}, None, 204),  # history not open yet
         ({"w0": WorkerSetupStatus.READY, "w1": WorkerSetupStatus.READY}, "ok", 200),
-        ({"w0": WorkerSetupStatus.READY, "w1": WorkerSetupStatus.ERROR}, "ok", 503),  # a worker failed to load
+        (
+            {"w0": WorkerSetupStatus.READY, "w1": WorkerSetupStatus.ERROR},
+            "ok",
+            503,
+        ),  # a worker failed to load
         ({"w0": WorkerSetupStatus.READY}, "error", 503),  # journal unreadable
     ],
     ids=["nothing", "loading", "one-loading", "no-history", "ready", "worker-error", "journal-error"],
