@@ -122,7 +122,7 @@ def test_pod_is_created_polled_to_running_and_ping_is_awaited(fake):
         ("GET", "/v2/catalog/gpus"),
         ("POST", "/v2/pods"),
     ]
-    catalog = [r for r in fake.api() if r.path == "/v2/catalog/gpus"][0]
+    catalog = next(r for r in fake.api() if r.path == "/v2/catalog/gpus")
     assert catalog.query == {
         "include": ["AVAILABILITY"],
         "product": ["POD"],

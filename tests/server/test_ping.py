@@ -3,6 +3,7 @@ loads, 200 when ready, 503 when broken, and never behind the API key."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from types import SimpleNamespace
@@ -38,10 +39,8 @@ def test_ping_answers_204_while_loading_then_200_with_a_key_set(tmp_path, server
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and (not seen or seen[-1] != 200):
             assert proc.proc.poll() is None, f"server exited; log:\n{proc.log_tail()}"
-            try:
+            with contextlib.suppress(requests.ConnectionError):  # not listening yet
                 seen.append(requests.get(f"{proc.url}/ping", timeout=5).status_code)
-            except requests.ConnectionError:
-                pass  # not listening yet
             time.sleep(0.02)
         assert seen and seen[-1] == 200, f"/ping never answered 200: {seen[-20:]}\n{proc.log_tail()}"
         assert set(seen) <= {204, 200}, seen
