@@ -151,6 +151,21 @@ def test_every_env_var_set_is_a_setting_or_a_known_library_variable():
     )
 
 
+def test_serverless_template_env_is_settings_plus_runpods_health_port():
+    res = subprocess.run(
+        [sys.executable, str(REPO / "runpod" / "deploy.py"), "--dry-run", "--serverless"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "RUNPOD_API_KEY"},
+    )
+    assert res.returncode == 0, res.stderr
+    body = json.JSONDecoder().raw_decode(res.stdout, res.stdout.index("\n{") + 1)[0]
+    assert body["serverless"] is True
+    # PORT_HEALTH is read by RunPod's load balancer (it probes /ping there), not by our Settings
+    assert set(body["env"]) - settings_env_names() == {"PORT_HEALTH"}
+
+
 def test_dockerfile_values_agree_with_settings_and_deploy():
     defaults = {f.name: f.default for f in fields(Settings)}
     env = dockerfile_env()
@@ -230,5 +245,13 @@ def test_runpod_readme_covers_the_steps():
         "QDRANT_URL",
         "/workspace",
         "estimate",
+        "--serverless",
+        "LOAD_BALANCER",
+        "api.runpod.ai",
+        "/ping",
+        "5.5 minutes",
+        "hub.json",
+        "--create-secret",
+        "api.runpod.io/v2",
     ):
         assert needle in text, needle
