@@ -9,7 +9,7 @@
   request queue, and the history's journal / index state, backlog and lag (`History.status()`).
 
 Every app gets its own `CollectorRegistry`, so tests can build several apps in one process. Behind the
-API key when one is set (server/auth.py covers every route but /health and the web page).
+API key when one is set (server/auth.py covers every route but /health, /ping and the web page).
 """
 
 from __future__ import annotations
