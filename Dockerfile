@@ -43,7 +43,7 @@ COPY . /app
 # replacing it with another torch from PyPI.
 RUN python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > /tmp/torch-constraint.txt \
  && pip install -c /tmp/torch-constraint.txt . \
- && python -c "import torch, server, search, clients; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" \
+ && cd / && python -c "import torch, visionrag.server.app, visionrag.search.history; from visionrag import VisionRAG; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" \
  && command -v visionrag
 
 # Optional: bake the weights into the image (see the top of this file). Empty by default: no download.
