@@ -32,9 +32,9 @@ class PreflightError(ConfigError):
     """A setting that cannot work; the message is the one line the user sees."""
 
 
-def preflight(settings: Settings, hub_deadline: float = HUB_DEADLINE_S) -> None:
+def preflight(settings: Settings, hub: Hub | None = None) -> None:
     """Raise `PreflightError` for the first setting that cannot work."""
-    hub = _Hub(hub_deadline, settings.hf_token)
+    hub = hub or Hub(settings.hf_token)
     check_model(settings.model_name, hub)
     check_clip("TEXT_MODEL", settings.text_model, "TEXT_MODEL_PATH", settings.text_model_path, hub)
     check_clip("IMAGE_MODEL", settings.image_model, "IMAGE_MODEL_PATH", settings.image_model_path, hub)
@@ -45,7 +45,7 @@ def looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~", "\\")) or name.count("/") > 1 or Path(name).expanduser().exists()
 
 
-def check_model(name: str, hub: _Hub) -> None:
+def check_model(name: str, hub: Hub) -> None:
     if looks_like_path(name):
         folder = Path(name).expanduser()
         if not folder.is_dir():
@@ -79,7 +79,7 @@ def check_model(name: str, hub: _Hub) -> None:
     hub.check(name, "MODEL_NAME")
 
 
-def check_clip(setting: str, name: str, path_setting: str, path: Path | None, hub: _Hub) -> None:
+def check_clip(setting: str, name: str, path_setting: str, path: Path | None, hub: Hub) -> None:
     if path is not None:
         if not path.is_dir():
             raise PreflightError(f"{path_setting}={path}: no such directory; give the folder of {name}")
@@ -108,27 +108,37 @@ def _clip_cached(name: str) -> bool:
     return any(next(d.rglob("*.onnx"), None) is not None for d in folders)
 
 
-class _Hub:
-    """The model hub as preflight sees it: HF_HUB_OFFLINE and HF_ENDPOINT as huggingface_hub read them,
-    and one bounded question per repository."""
+class Hub:
+    """The model hub as preflight sees it: by default HF_HUB_OFFLINE and HF_ENDPOINT as huggingface_hub
+    read them, and the token from HF_TOKEN or huggingface_hub's login; questions share one deadline."""
 
-    def __init__(self, deadline: float, token: str | None) -> None:
+    def __init__(
+        self,
+        token: str | None = None,
+        *,
+        endpoint: str | None = None,
+        offline: bool | None = None,
+        deadline: float = HUB_DEADLINE_S,
+    ) -> None:
         from huggingface_hub import constants, get_token
 
         self.deadline = deadline
         self.until: float | None = None
-        self.offline = bool(constants.HF_HUB_OFFLINE)
-        self.endpoint = constants.ENDPOINT
+        self.offline = bool(constants.HF_HUB_OFFLINE) if offline is None else offline
+        self.endpoint = endpoint or constants.ENDPOINT
         self.token = token or get_token()
 
     def check(self, repo: str, setting: str) -> None:
-        from huggingface_hub import auth_check
+        from huggingface_hub import HfApi
         from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
         if self.until is None:  # one budget for every question, so preflight ends within `deadline`
             self.until = time.monotonic() + self.deadline
         try:
-            _within(max(0.5, self.until - time.monotonic()), lambda: auth_check(repo, token=self.token))
+            _within(
+                max(0.5, self.until - time.monotonic()),
+                lambda: HfApi(endpoint=self.endpoint).auth_check(repo, token=self.token or False),
+            )
         except GatedRepoError:
             raise PreflightError(
                 f"{setting}={repo}: gated, and HF_TOKEN has no access; accept its licence on the hub with "
