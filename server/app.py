@@ -21,6 +21,7 @@ from visionrag.server.errors import ConfigError, install_error_handlers
 from visionrag.server.history_routes import router as history_router
 from visionrag.server.lifecycle import ShutdownRequested, install_fork_guard, shutdown_on_signals
 from visionrag.server.metrics import install_metrics
+from visionrag.server.openapi import install_openapi
 from visionrag.server.preflight import preflight
 from visionrag.server.routes import replace_routes
 from visionrag.server.settings import Settings
@@ -130,6 +131,7 @@ def build_server(settings: Settings) -> VisionServer:
     install_auth(app, settings)
     install_metrics(app, api.spec)
     _wrap_lifespan(app, settings)
+    install_openapi(app, settings)
     return server
 
 
