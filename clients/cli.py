@@ -19,6 +19,7 @@ from visionrag.clients.clitools import (
     VisionRAGGroup,
     When,
     client_of,
+    connection_options,
     local_time,
     table,
 )
@@ -109,6 +110,7 @@ def _print_json(data: Any) -> None:
 )
 @click.option("--no-store", is_flag=True, help="Answer without remembering the interaction.")
 @click.option("--json", "as_json", is_flag=True, help="Wait, then print the whole answer as one JSON object.")
+@connection_options
 @click.pass_context
 def ask(
     ctx: click.Context,
@@ -195,6 +197,7 @@ def ask(
     "--tag", "tags", multiple=True, metavar="TAG", help="Only interactions with this tag (repeatable)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the results as a JSON array instead of a table.")
+@connection_options
 @click.pass_context
 def search(
     ctx: click.Context,

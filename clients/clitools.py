@@ -9,15 +9,18 @@ import importlib
 import importlib.util
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from visionrag.clients.client import VisionRAG
 from visionrag.clients.errors import VisionRAGError
 from visionrag.clients.types import Interaction
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class CLIError(click.ClickException):
@@ -123,6 +126,47 @@ class Connection:
             timeout = (min(10.0, self.timeout), self.timeout)
             self._client = VisionRAG(self.url, api_key=self.api_key or "", timeout=timeout)
         return self._client
+
+
+def _override(field: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def store(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        connection = ctx.find_object(Connection)
+        if value is not None and connection is not None:
+            setattr(connection, field, value)
+
+    return store
+
+
+def connection_options(command: F) -> F:
+    """--url, --api-key and --timeout on a subcommand too (`visionrag ask IMG Q --url ...`): given there,
+    they beat the same option before the command, which beats the environment."""
+    options = [
+        click.option(
+            "--url",
+            metavar="URL",
+            expose_value=False,
+            callback=_override("url"),
+            help="Address of the VisionRAG server [env VISIONRAG_URL; default http://localhost:8000].",
+        ),
+        click.option(
+            "--api-key",
+            metavar="KEY",
+            expose_value=False,
+            callback=_override("api_key"),
+            help="API key of the server, sent as `Authorization: Bearer KEY` [env VISIONRAG_API_KEY].",
+        ),
+        click.option(
+            "--timeout",
+            metavar="SECONDS",
+            type=click.FloatRange(min=0, min_open=True),
+            expose_value=False,
+            callback=_override("timeout"),
+            help="How long to wait for the server [env VISIONRAG_TIMEOUT; default 300].",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 def client_of(ctx: click.Context) -> VisionRAG:

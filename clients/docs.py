@@ -22,8 +22,9 @@ Generated from `visionrag --help` by `python -m visionrag.clients.docs --write`;
 (`tests/clients/test_docs.py` fails when this page is out of date).
 
 Every client command talks to a VisionRAG server: `--url` (or `VISIONRAG_URL`, default
-`http://localhost:8000`) and `--api-key` (or `VISIONRAG_API_KEY`) are options of `visionrag` itself,
-so they come before the command: `visionrag --url http://gpu-box:8000 search --text kafka`.
+`http://localhost:8000`), `--api-key` (or `VISIONRAG_API_KEY`) and `--timeout` (or `VISIONRAG_TIMEOUT`)
+go before the command or after it: `visionrag --url http://gpu-box:8000 search --text kafka` and
+`visionrag search --text kafka --url http://gpu-box:8000` do the same; after the command wins.
 """
 
 

@@ -11,11 +11,12 @@ from typing import IO
 import click
 from tqdm import tqdm
 
-from visionrag.clients.clitools import client_of, describe, local_time, table
+from visionrag.clients.clitools import client_of, connection_options, describe, local_time, table
 from visionrag.clients.types import Interaction
 
 
 @click.group()
+@connection_options
 def history() -> None:
     """Manage remembered interactions: list, show, delete, export.
 
@@ -41,6 +42,7 @@ def history() -> None:
 )
 @click.option("--user", help="Only interactions of this user.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
+@connection_options
 @click.pass_context
 def list_(ctx: click.Context, limit: int, offset: int, user: str | None, as_json: bool) -> None:
     """List stored interactions, newest first.
@@ -71,6 +73,7 @@ def list_(ctx: click.Context, limit: int, offset: int, user: str | None, as_json
     metavar="FILE",
     help="Also download the stored copy of the image into FILE.",
 )
+@connection_options
 @click.pass_context
 def show(ctx: click.Context, id: str, as_json: bool, save_image: Path | None) -> None:
     """Show the interaction ID in full.
@@ -98,6 +101,7 @@ def show(ctx: click.Context, id: str, as_json: bool, save_image: Path | None) ->
 @history.command()
 @click.argument("id", metavar="ID")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@connection_options
 @click.pass_context
 def delete(ctx: click.Context, id: str, yes: bool) -> None:
     """Delete the interaction ID from the history and the index.
@@ -126,6 +130,7 @@ def delete(ctx: click.Context, id: str, yes: bool) -> None:
     help="Interactions fetched per request.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@connection_options
 @click.pass_context
 def export(ctx: click.Context, file: Path, user: str | None, page_size: int, quiet: bool) -> None:
     """Export every interaction to FILE as JSON Lines.

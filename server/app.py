@@ -19,8 +19,11 @@ from starlette.concurrency import run_in_threadpool
 from visionrag.server.auth import install_auth
 from visionrag.server.errors import ConfigError, install_error_handlers
 from visionrag.server.history_routes import router as history_router
+from visionrag.server.lifecycle import ShutdownRequested, install_fork_guard, shutdown_on_signals
 from visionrag.server.metrics import install_metrics
+from visionrag.server.openapi import install_openapi
 from visionrag.server.ping import ping
+from visionrag.server.preflight import preflight
 from visionrag.server.routes import replace_routes
 from visionrag.server.settings import Settings
 from visionrag.server.spec import VisionSpec
@@ -32,22 +35,53 @@ log = logging.getLogger(__name__)
 
 class VisionServer(ls.LitServer):
     """LitServer that starts answering HTTP while the model loads (so /health can say "loading" instead
-    of refusing connections) and shuts down if a worker fails to load the model."""
+    of refusing connections), and stops as a whole when any part of it fails: a model worker that cannot
+    load or dies, or an API server process that exits (a failed lifespan, a crash). `failure` then says
+    why and `serve` exits non-zero."""
+
+    failure: str | None = None
+    _api_processes: dict[int, Any] | None = None
 
     def verify_worker_status(self) -> None:
-        threading.Thread(target=self._watch_workers, name="worker-watch", daemon=True).start()
+        threading.Thread(target=self._watch, name="server-watch", daemon=True).start()
 
-    def _watch_workers(self) -> None:
-        while not self._shutdown_event.is_set():
-            statuses = list(self.workers_setup_status.values())
-            if WorkerSetupStatus.ERROR in statuses:
-                log.error("a model worker failed to start (see its traceback above); shutting down")
-                self._shutdown_event.set()
-                return
-            if statuses and all(s == WorkerSetupStatus.READY for s in statuses):
-                log.info("all %d model workers are ready", len(statuses))
-                return
-            time.sleep(0.2)
+    def _start_worker_monitoring(self, manager: Any, uvicorn_workers: Any) -> None:
+        """LitServe's monitor would shut down from its own thread while the main thread keeps waiting;
+        `_watch` covers the same deaths and lets the main thread run the one shutdown."""
+
+    def _start_server(self, *args: Any, **kwargs: Any) -> dict[int, Any]:
+        self._api_processes = super()._start_server(*args, **kwargs)
+        return self._api_processes
+
+    def _watch(self) -> None:
+        announced = False
+        try:
+            while not self._shutdown_event.is_set():
+                problem = self._problem()
+                if problem:
+                    self.failure = problem
+                    log.error("%s; shutting down", problem)
+                    self._shutdown_event.set()
+                    return
+                statuses = list(self.workers_setup_status.values())
+                if not announced and statuses and all(s == WorkerSetupStatus.READY for s in statuses):
+                    log.info("all %d model workers are ready", len(statuses))
+                    announced = True
+                time.sleep(0.2)
+        except (OSError, EOFError):  # the manager is gone: the server is already shutting down
+            return
+
+    def _problem(self) -> str | None:
+        if WorkerSetupStatus.ERROR in self.workers_setup_status.values():
+            return "a model worker failed to start (see its traceback above)"
+        for proc in getattr(self, "inference_workers", None) or []:
+            if not proc.is_alive() and proc.exitcode is not None:
+                return f"model worker {proc.pid} exited with code {proc.exitcode}"
+        for proc in (self._api_processes or {}).values():
+            if not proc.is_alive():
+                code = getattr(proc, "exitcode", None)
+                return f"the API server process exited (code {code}; see the log above)"
+        return None
 
     def worker_states(self) -> dict[str, str]:
         statuses = getattr(self, "workers_setup_status", None)
@@ -99,6 +133,7 @@ def build_server(settings: Settings) -> VisionServer:
     install_auth(app, settings)
     install_metrics(app, api.spec)
     _wrap_lifespan(app, settings)
+    install_openapi(app, settings)
     return server
 
 
@@ -147,18 +182,29 @@ def _wrap_lifespan(app: FastAPI, settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> int:
-    """Run until interrupted; the exit status is 1 when a model worker failed to start."""
+    """Run until SIGTERM / SIGINT (exit 0 after a clean shutdown) or until a part of the server fails
+    (exit 1): a model worker that cannot load, an API server whose start-up fails. Checks what can be
+    checked before anything is spawned (`preflight`), and makes every child die with this process."""
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     log.info("settings: %s", settings.describe())
-    server = build_server(settings)
-    server.run(
-        host=settings.host,
-        port=settings.port,
-        num_api_servers=1,
-        generate_client_file=False,
-        log_level=settings.log_level.lower(),
-    )
-    failed = [k for k, v in server.worker_states().items() if v == WorkerSetupStatus.ERROR]
-    return 1 if failed else 0
+    preflight(settings)
+    install_fork_guard()
+    with shutdown_on_signals():
+        try:
+            server = build_server(settings)
+            server.uvicorn_graceful_timeout = settings.shutdown_grace
+            server.run(
+                host=settings.host,
+                port=settings.port,
+                num_api_servers=1,
+                generate_client_file=False,
+                log_level=settings.log_level.lower(),
+            )
+        except ShutdownRequested:  # before LitServe's own shutdown path: the children die with us
+            return 0
+    if server.failure:
+        log.error("server stopped: %s", server.failure)
+        return 1
+    return 0

@@ -4,6 +4,7 @@ never show in a process list."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -70,5 +71,6 @@ def serve_command(env_file: Path, **overrides: Any) -> None:
     try:
         sys.exit(serve(settings))
     except ConfigError as exc:
+        logging.getLogger(__name__).debug("start-up refused", exc_info=True)
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

@@ -143,6 +143,13 @@ class Settings:
         default=300.0,
         metadata=_env("VISIONRAG_GENERATION_TIMEOUT", help="seconds one answer may take"),
     )
+    shutdown_grace: float = field(
+        default=30.0,
+        metadata=_env(
+            "VISIONRAG_SHUTDOWN_GRACE",
+            help="seconds SIGTERM / SIGINT lets in-flight answers finish before they are cut",
+        ),
+    )
     log_level: str = field(default="info", metadata=_env("VISIONRAG_LOG_LEVEL", help="debug, info, warning"))
 
     @classmethod
@@ -204,7 +211,7 @@ class Settings:
                 raise ConfigError(f"{name} must be at least 1")
         if self.default_max_tokens > self.max_tokens_limit:
             raise ConfigError("default_max_tokens must not exceed max_tokens_limit")
-        for name in ("batch_timeout", "fetch_timeout", "generation_timeout"):
+        for name in ("batch_timeout", "fetch_timeout", "generation_timeout", "shutdown_grace"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
 

@@ -14,6 +14,7 @@ import litserve as ls
 from litserve.specs.base import LitSpec
 
 from visionrag.server.generation import Delta, GenerationRequest, VisionModel
+from visionrag.server.lifecycle import die_with_parent, ignore_interrupts
 from visionrag.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,14 @@ class VisionAPI(ls.LitAPI):
         )
         self.settings = settings
         self.model: VisionModel | None = None
+        self.parent_pid = os.getpid()  # built in the main process, which spawns the workers
 
     def setup(self, device: str) -> None:
+        die_with_parent(self.parent_pid)
+        ignore_interrupts()
+        self._load(device)
+
+    def _load(self, device: str) -> None:
         s = self.settings
         if s.placement == "shard":
             log.info("worker %s: sharding %s over all visible GPUs", os.getpid(), s.model_name)

@@ -166,6 +166,87 @@ async function* ndjson(res) {
   if (buffer.trim()) yield JSON.parse(buffer);
 }
 
+// ---- Markdown, safely: an answer becomes DOM nodes whose text is set with textContent, never parsed
+// as HTML, so `<script>` or `<img onerror>` in an answer shows as text. Links only for http(s)/mailto.
+const SAFE_LINK = /^(https?:\/\/|mailto:)/i;
+const INLINE = /(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)|\*\*(?=\S)([\s\S]*?\S)\*\*|(?<!\w)__(?=\S)([\s\S]*?\S)__(?!\w)|\*(?=[^\s*])([^*]*?[^\s*])\*|(?<!\w)_(?=[^\s_])([^_]*?[^\s_])_(?!\w)|\[([^\]\n]+)\]\(([^)\s]+)\)/g;
+
+function renderInline(text, parent) {
+  const pattern = new RegExp(INLINE.source, "g");
+  let last = 0;
+  let m;
+  while ((m = pattern.exec(text))) {
+    if (m.index > last) parent.append(text.slice(last, m.index));
+    if (m[1]) parent.append(el("code", { textContent: m[2] }));
+    else if (m[3] || m[4]) renderInline(m[3] || m[4], parent.appendChild(document.createElement("strong")));
+    else if (m[5] || m[6]) renderInline(m[5] || m[6], parent.appendChild(document.createElement("em")));
+    else if (SAFE_LINK.test(m[8])) {
+      renderInline(m[7], parent.appendChild(el("a", { href: m[8], rel: "noopener noreferrer nofollow", target: "_blank" })));
+    } else parent.append(m[0]);
+    last = pattern.lastIndex;
+  }
+  if (last < text.length) parent.append(text.slice(last));
+}
+
+function renderMarkdown(source, root) {
+  root.replaceChildren();
+  const lines = source.replace(/\r\n?/g, "\n").split("\n");
+  let paragraph = [];
+  let list = null;
+  const flush = () => {
+    if (paragraph.length) renderInline(paragraph.join("\n"), root.appendChild(document.createElement("p")));
+    paragraph = [];
+  };
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i];
+    const fence = line.match(/^\s*(```+|~~~+)/);
+    if (fence) {
+      flush(); list = null;
+      const body = [];
+      while (++i < lines.length && !lines[i].trim().startsWith(fence[1])) body.push(lines[i]);
+      root.append(el("pre", {}, el("code", { textContent: body.join("\n") })));
+      continue;
+    }
+    const heading = line.match(/^(#{1,6})\s+(.*)$/);
+    const item = line.match(/^\s*([-*+]|\d{1,9}[.)])\s+(.*)$/);
+    if (!line.trim()) { flush(); list = null; }
+    else if (heading) {
+      flush(); list = null;
+      renderInline(heading[2], root.appendChild(document.createElement(`h${Math.min(6, heading[1].length + 3)}`)));
+    } else if (item) {
+      flush();
+      const ordered = /\d/.test(item[1]);
+      if (!list || list.ordered !== ordered) {
+        list = { ordered, node: root.appendChild(document.createElement(ordered ? "ol" : "ul")) };
+        if (ordered && parseInt(item[1], 10) !== 1) list.node.start = parseInt(item[1], 10);
+      }
+      renderInline(item[2], list.node.appendChild(document.createElement("li")));
+    } else if (list && /^\s+\S/.test(line)) {
+      const li = list.node.lastChild;
+      li.append("\n");
+      renderInline(line.trim(), li);
+    } else { list = null; paragraph.push(line); }
+  }
+  flush();
+}
+
+// The answer as it streams: the raw text is kept (data-markdown), the view re-rendered once a frame.
+let answerFrame = 0;
+function showAnswer(text) {
+  const answer = $("answer");
+  answer.dataset.markdown = text;
+  if (!answerFrame) {
+    answerFrame = requestAnimationFrame(() => {
+      answerFrame = 0;
+      renderMarkdown(answer.dataset.markdown || "", answer);
+    });
+  }
+}
+
+function revealAnswer() {
+  $("answer-box").scrollIntoView({ block: "nearest" });
+}
+
 function setAnswerState(state) {
   $("answer").dataset.state = state;
   $("ask-submit").disabled = state === "streaming";
@@ -179,9 +260,11 @@ $("ask-form").addEventListener("submit", async (event) => {
   try { request = askBody(); } catch (err) { showError($("ask-error"), err.message); return; }
   const answer = $("answer");
   const meta = $("answer-meta");
-  answer.textContent = "";
+  let text = "";
+  showAnswer(text);
   meta.textContent = "Waiting for the model…";
   $("answer-box").hidden = false;
+  revealAnswer();
   setAnswerState("streaming");
   askAbort = new AbortController();
   const started = performance.now();
@@ -191,11 +274,19 @@ $("ask-form").addEventListener("submit", async (event) => {
     let final = null;
     for await (const line of ndjson(res)) {
       if (line.error) throw new Error(line.error.detail || "the answer failed");
-      if (line.delta) { answer.textContent += line.delta; meta.textContent = "Answering…"; }
+      if (line.delta) {
+        if (!text) revealAnswer();
+        text += line.delta;
+        showAnswer(text);
+        meta.textContent = "Answering…";
+      }
       if (line.done) final = line;
     }
     if (!final) throw new Error("The answer ended early; see the server log.");
-    answer.textContent = final.output;
+    cancelAnimationFrame(answerFrame);
+    answerFrame = 0;
+    answer.dataset.markdown = final.output;
+    renderMarkdown(final.output, answer);
     const seconds = ((performance.now() - started) / 1000).toFixed(2);
     const usage = final.usage || {};
     meta.textContent = `${final.model} · ${usage.completion_tokens} tokens (${usage.prompt_tokens} in the prompt) · ${seconds} s`
@@ -206,7 +297,7 @@ $("ask-form").addEventListener("submit", async (event) => {
   } catch (err) {
     setAnswerState("error");
     meta.textContent = "";
-    if (!answer.textContent) $("answer-box").hidden = true;
+    if (!text) $("answer-box").hidden = true;
     showError($("ask-error"), err.name === "AbortError" ? "Stopped." : err.message);
   } finally {
     askAbort = null;

@@ -269,3 +269,36 @@ def test_every_command_and_option_is_documented():
                 assert param.help, (path, param.name)
             else:
                 assert param.human_readable_name in command.help, (path, param.name)
+
+
+def test_connection_options_work_after_the_subcommand(fake_server, png_file, closed_url, monkeypatch):
+    monkeypatch.delenv("VISIONRAG_API_KEY", raising=False)
+    runner = CliRunner()
+    result = runner.invoke(main, ["ask", str(png_file), "What?", "--url", fake_server.url, "--timeout", "5"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "You asked: What?\n"
+    # after the command beats before it, which beats the environment
+    result = runner.invoke(
+        main,
+        ["--url", closed_url, "history", "list", "--json", "--url", fake_server.url],
+        env={"VISIONRAG_URL": closed_url},
+    )
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["search", "--text", "x", "--url", closed_url, "--timeout", "2"])
+    assert_one_error_line(result, "cannot reach", closed_url)
+    server = FakeServer(api_key="k").start()
+    try:
+        result = runner.invoke(main, ["history", "list", "--url", server.url, "--api-key", "k", "--json"])
+        assert result.exit_code == 0, result.output
+        result = runner.invoke(main, ["history", "--url", server.url, "show", "nope", "--api-key", "k"])
+        assert_one_error_line(result, "404")
+    finally:
+        server.stop()
+
+
+def test_every_client_command_shows_the_connection_options():
+    runner = CliRunner()
+    for path, _command in _commands(main):
+        text = runner.invoke(main, [*path, "--help"]).output
+        for option in ("--url URL", "--api-key KEY", "--timeout SECONDS"):
+            assert option in text, (path, option)

@@ -94,7 +94,8 @@ class UI:
             error = page.inner_text("#ask-error") if page.is_visible("#ask-error") else ""
             raise AssertionError(f"answer state {state!r}, wanted {expect!r}; error shown: {error!r}")
         return {
-            "answer": page.inner_text("#answer"),
+            "answer": page.get_attribute("#answer", "data-markdown") or "",
+            "shown": page.inner_text("#answer"),
             "meta": page.inner_text("#answer-meta"),
             "id": page.get_attribute("#answer", "data-id") or "",
         }

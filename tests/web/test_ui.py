@@ -206,3 +206,66 @@ def test_phone_width_has_no_horizontal_overflow(server, make_ui) -> None:
     box = ui.page.locator("#detail").bounding_box()
     assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
     ui.assert_clean()
+
+
+MARKDOWN = """# Services
+The **orders** service writes to `orders_db`; snake_case_names stay as they are.
+
+- one *item*
+- [docs](https://example.com/docs)
+1. first
+2. second
+
+```
+<b>code stays text</b>
+```
+<img src=x onerror="window.pwned = 1"> <script>window.pwned = 1</script>
+[click](javascript:window.pwned=1)"""
+
+
+@pytest.mark.browser
+def test_answers_render_as_markdown_and_never_as_html(server, make_ui) -> None:
+    ui = make_ui(server).open()
+    shape = ui.page.evaluate(
+        """(source) => {
+            const root = document.getElementById('answer');
+            renderMarkdown(source, root);
+            const tags = (sel) => root.querySelectorAll(sel).length;
+            return {
+                h: tags('h4'), strong: tags('strong'), code: tags('p code'), ul: tags('ul > li'),
+                ol: tags('ol > li'), pre: root.querySelector('pre code').textContent,
+                links: [...root.querySelectorAll('a')].map((a) => [a.getAttribute('href'), a.rel]),
+                html: tags('img, script, b'), em: tags('em'), text: root.textContent,
+            };
+        }""",
+        MARKDOWN,
+    )
+    assert (shape["h"], shape["strong"], shape["code"], shape["ul"], shape["ol"]) == (1, 1, 1, 2, 2)
+    assert shape["em"] == 1  # `*item*`; the underscores of snake_case_names are not emphasis
+    assert shape["pre"] == "<b>code stays text</b>"
+    assert shape["links"] == [["https://example.com/docs", "noopener noreferrer nofollow"]]
+    assert shape["html"] == 0
+    assert "<img src=x" in shape["text"] and "<script>" in shape["text"] and "javascript:" in shape["text"]
+    assert ui.page.evaluate("() => window.pwned") is None
+    ui.assert_clean()
+
+
+@pytest.mark.browser
+def test_the_answer_is_in_view_when_it_starts_streaming(server, image_server, make_ui) -> None:
+    url = image_server.add("/web/in-view.png", diagram_png(103))
+    ui = make_ui(server).open()  # 1280 x 900
+    ui.page.fill("#ask-url", url)
+    ui.page.fill("#ask-question", "What is in view?")
+    ui.page.press("#ask-question", "Enter")
+    ui.page.wait_for_function(
+        "() => document.getElementById('answer').dataset.state !== 'idle'", timeout=ANSWER_MS
+    )
+    in_view = ui.page.evaluate(
+        """() => { const r = document.getElementById('answer').getBoundingClientRect();
+                   return r.top >= 0 && r.top + 40 <= window.innerHeight; }"""
+    )
+    assert in_view
+    ui.page.wait_for_function(
+        "() => ['done', 'error'].includes(document.getElementById('answer').dataset.state)", timeout=ANSWER_MS
+    )
+    ui.assert_clean()
