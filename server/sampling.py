@@ -88,9 +88,7 @@ class TokenDescriber:
             "token": described.text,
             "logprob": logprob,
             "bytes": described.bytes,
-            "top_logprobs": [
-                {"token": self(t).text, "logprob": lp, "bytes": self(t).bytes} for t, lp in top
-            ],
+            "top_logprobs": [{"token": self(t).text, "logprob": lp, "bytes": self(t).bytes} for t, lp in top],
         }
 
 
@@ -98,10 +96,14 @@ def _byte_decoder(tokenizer: Any) -> dict[str, int] | None:
     """GPT-2's printable-character -> byte map when the tokenizer is byte-level BPE, else None."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     decoder = getattr(backend, "decoder", None)
-    if decoder is None or "ByteLevel" not in type(decoder).__name__ and "ByteLevel" not in repr(decoder):
+    if decoder is None or "ByteLevel" not in repr(decoder):  # ByteLevel(...) or Sequence([ByteLevel(...)])
         return None
     # bytes_to_unicode (GPT-2): printable bytes map to themselves, the rest to 256 + n
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     chars = list(printable)
     n = 0
     for b in range(256):

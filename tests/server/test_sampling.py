@@ -93,7 +93,7 @@ def test_logprobs_are_the_models_log_softmax(model) -> None:
         assert entry["logprob"] == pytest.approx(float(row[token]), abs=1e-4)
         top_values, top_ids = torch.topk(row, 5)
         assert [t["logprob"] for t in entry["top_logprobs"]] == pytest.approx(top_values.tolist(), abs=1e-4)
-        assert [t["token"] for t in entry["top_logprobs"]][0] == entry["token"]  # greedy: the argmax
+        assert entry["top_logprobs"][0]["token"] == entry["token"]  # greedy: the argmax
         assert entry["bytes"] == list(entry["token"].encode("utf-8"))
         described = TokenDescriber(model.tokenizer)(top_ids.tolist()[0])
         assert entry["top_logprobs"][0]["token"] == described.text
