@@ -119,7 +119,7 @@ def build_server(settings: Settings) -> VisionServer:
         workers_per_device=1,
         timeout=settings.generation_timeout or False,
         max_payload_size=settings.max_body_bytes,
-        model_metadata={"model": settings.model_name, "placement": settings.placement},
+        model_metadata={"model": settings.served_name, "placement": settings.placement},
     )
     app = server.app
     app.state.settings = settings
@@ -151,7 +151,7 @@ async def _health(request: Request) -> JSONResponse:
     state = "ok" if ok else "error" if WorkerSetupStatus.ERROR in workers.values() else "loading"
     body = {
         "status": state,
-        "model": request.app.state.settings.model_name,
+        "model": request.app.state.settings.served_name,
         "workers": workers,
         "history": history_status,
     }

@@ -15,6 +15,7 @@ import json
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from visionrag.server.errors import error_body
 from visionrag.server.settings import Settings
 
 # Open without a key (GET and HEAD only): the health and readiness probes and the web page's static files
@@ -75,7 +76,9 @@ class APIKeyMiddleware:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        body = json.dumps({"detail": WRONG if offered else MISSING}).encode()
+        detail = WRONG if offered else MISSING
+        # on /v1/* also OpenAI's envelope, so OpenAI clients show the message, not just "Error code: 401"
+        body = json.dumps(error_body(detail, 401, scope["path"], code="invalid_api_key")).encode()
         await send(
             {
                 "type": "http.response.start",

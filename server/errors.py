@@ -9,8 +9,9 @@ import json
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import HTTPException, RequestValidationError
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from visionrag.search.errors import HistoryError, InvalidQuery, NotFound, StoreUnavailable
 
@@ -21,11 +22,22 @@ class VisionRAGError(Exception):
     """Base of the server's errors; `status_code` is the HTTP answer."""
 
     status_code = 500
+    code: str | None = None  # OpenAI's error code (a string), on the /v1/* routes
 
-    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = headers
+        self.param = param  # the request parameter at fault, for OpenAI's envelope
+        if code is not None:
+            self.code = code
 
 
 class ConfigError(VisionRAGError):
@@ -34,6 +46,12 @@ class ConfigError(VisionRAGError):
 
 class BadRequest(VisionRAGError):
     status_code = 400
+
+
+class UnsupportedParameter(BadRequest):
+    """An OpenAI parameter this server does not implement: refused, never silently ignored."""
+
+    code = "unsupported_parameter"
 
 
 class Unauthorized(VisionRAGError):
@@ -88,25 +106,22 @@ def status_for(exc: Exception) -> int:
     return 500
 
 
-_OPENAI_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    404: "not_found_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-    422: "invalid_request_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-}
+def openai_error(detail: str, status: int, *, param: str | None = None, code: str | None = None) -> dict:
+    """OpenAI's error object: `type` is `invalid_request_error` for every 4xx (401 and 404 included, as
+    OpenAI answers them) and `server_error` otherwise; `code` is a string or null."""
+    kind = "invalid_request_error" if 400 <= status < 500 else "server_error"
+    return {"message": detail, "type": kind, "param": param, "code": code}
 
 
-def error_body(detail: str, status: int, path: str = "") -> dict:
-    """`{"detail"}` everywhere; on the OpenAI routes also OpenAI's `{"error": {"message", ...}}`, which is
-    what the openai client shows its users."""
+def error_body(
+    detail: str, status: int, path: str = "", *, param: str | None = None, code: str | None = None
+) -> dict:
+    """`{"detail"}` everywhere; on the OpenAI routes (/v1/*) also OpenAI's `{"error": {"message", "type",
+    "param", "code"}}`, which is what the openai client and other OpenAI clients show their users."""
     detail = detail.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate would not encode
     body: dict = {"detail": detail}
     if path.startswith("/v1/"):
-        body["error"] = {"message": detail, "type": _OPENAI_TYPES.get(status, "server_error"), "code": status}
+        body["error"] = openai_error(detail, status, param=param, code=code)
     return body
 
 
@@ -119,7 +134,10 @@ def error_response(exc: Exception, path: str = "") -> JSONResponse:
             error_body("internal server error; see the server log", 500, path), status_code=500
         )
     detail = str(getattr(exc, "detail", exc))
-    return JSONResponse(error_body(detail, status, path), status_code=status, headers=headers)
+    body = error_body(
+        detail, status, path, param=getattr(exc, "param", None), code=getattr(exc, "code", None)
+    )
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def describe_validation_error(exc: RequestValidationError) -> str:
@@ -138,8 +156,10 @@ def install_error_handlers(app: FastAPI) -> None:
         body = error_body(describe_validation_error(exc), 422, request.url.path)
         return JSONResponse(body, status_code=422)
 
-    async def http(request: Request, exc: HTTPException) -> JSONResponse:
+    async def http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":  # no such route
+            detail = f"no route {request.method} {request.url.path}; see /docs for the routes"
         body = error_body(detail, exc.status_code, request.url.path)
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
@@ -147,4 +167,6 @@ def install_error_handlers(app: FastAPI) -> None:
     for kind in _FOREIGN_STATUS:
         app.add_exception_handler(kind, known)
     app.add_exception_handler(RequestValidationError, validation)
-    app.add_exception_handler(HTTPException, http)
+    # Starlette's class: the router's own 404 / 405 are Starlette HTTPExceptions, which a handler for
+    # FastAPI's subclass would not catch
+    app.add_exception_handler(StarletteHTTPException, http)

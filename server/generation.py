@@ -18,6 +18,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from visionrag.server.sampling import TokenDescriber, chosen, log_probs, penalize
+
 log = logging.getLogger(__name__)
 
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -31,6 +33,10 @@ class Sampling:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     time_limit: float | None = None  # seconds from the start of generation
+    frequency_penalty: float = 0.0  # OpenAI's penalties, over the generated tokens (server/sampling.py)
+    presence_penalty: float = 0.0
+    logprobs: bool = False  # report each generated token's log probability on its Delta
+    top_logprobs: int = 0  # ... and this many of the most likely alternatives
 
 
 @dataclass
@@ -76,6 +82,8 @@ class Delta:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     batch_size: int = 0  # requests generated together with this one (for /metrics); set when done
+    # with Sampling.logprobs: one OpenAI `logprobs.content` entry per token generated since the last Delta
+    logprobs: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,7 +189,8 @@ class VisionModel:
 
         inputs = self.prepare(requests)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
-        tracker = _RowTracker(self.tokenizer, requests, prompt_tokens, self.eos_ids)
+        sampler = _RowSampler(requests)
+        tracker = _RowTracker(self.tokenizer, requests, prompt_tokens, self.eos_ids, sampler)
         config = GenerationConfig(
             max_new_tokens=max(r.sampling.max_tokens for r in requests),
             do_sample=False,
@@ -192,7 +201,7 @@ class VisionModel:
         kwargs = {
             **inputs,
             "generation_config": config,
-            "logits_processor": LogitsProcessorList([_RowSampler(requests)]),
+            "logits_processor": LogitsProcessorList([sampler]),
             "stopping_criteria": StoppingCriteriaList([tracker]),
             "streamer": tracker,
         }
@@ -244,15 +253,32 @@ class VisionModel:
 class _RowSampler:
     """Per-row sampling inside a greedy `generate`: a sampling row's logits become one-hot on a token
     drawn from its own temperature / top-p distribution with its own generator, so the argmax that
-    follows picks it. Greedy rows pass through untouched."""
+    follows picks it. Greedy rows pass through untouched. Before that, rows asking for logprobs keep the
+    log-softmax of their raw logits (read by `_RowTracker` once the token is chosen), and rows with
+    frequency / presence penalties get them (server/sampling.py)."""
 
     def __init__(self, requests: Sequence[GenerationRequest]) -> None:
         self.rows = [(i, r.sampling) for i, r in enumerate(requests) if r.sampling.temperature > 0]
+        self.penalized = [
+            (i, r.sampling)
+            for i, r in enumerate(requests)
+            if r.sampling.frequency_penalty or r.sampling.presence_penalty
+        ]
+        self.logprob_rows = [i for i, r in enumerate(requests) if r.sampling.logprobs]
+        self.logprobs: dict[int, Any] = {}  # row -> log probabilities of this step's raw logits
+        self.prompt_length: int | None = None
         self.generators: dict[int, Any] = {}
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
+        if self.prompt_length is None:  # the first call sees the (padded) prompt only
+            self.prompt_length = input_ids.shape[1]
+        for i in self.logprob_rows:
+            self.logprobs[i] = log_probs(scores[i])
+        for i, sampling in self.penalized:
+            generated = input_ids[i, self.prompt_length :]
+            scores[i] = penalize(scores[i], generated, sampling.frequency_penalty, sampling.presence_penalty)
         for i, sampling in self.rows:
             gen = self.generators.get(i)
             if gen is None:
@@ -284,8 +310,11 @@ class _RowTracker:
         requests: Sequence[GenerationRequest],
         prompt_tokens: list[int],
         eos_ids: list[int],
+        sampler: _RowSampler | None = None,
     ) -> None:
         self.tokenizer = tokenizer
+        self.sampler = sampler
+        self.describe = TokenDescriber(tokenizer)
         self.samplings = [r.sampling for r in requests]
         self.streaming = [r.stream for r in requests]
         self.prompt_tokens = prompt_tokens
@@ -296,6 +325,7 @@ class _RowTracker:
         self.text = [""] * n  # decoded so far
         self.emitted = [""] * n  # sent so far (text minus what may be the start of a stop string)
         self.finished = [False] * n
+        self.token_logprobs: list[list[dict[str, Any]]] = [[] for _ in range(n)]  # not yet on a Delta
         self.started = time.monotonic()
         self.queue: queue.Queue[Any] = queue.Queue()
         self.error: BaseException | None = None
@@ -352,6 +382,9 @@ class _RowTracker:
         self.ids[i].append(token)
         if token in self.eos_ids:
             return self._finish(i, "stop")
+        if sampling.logprobs and self.sampler is not None:
+            logprob, top = chosen(self.sampler.logprobs[i], token, sampling.top_logprobs)
+            self.token_logprobs[i].append(self.describe.entry(token, logprob, top))
         self.text[i] += self._decode(i)
         for stop in sampling.stop:
             cut = self.text[i].find(stop) if stop else -1
@@ -369,15 +402,27 @@ class _RowTracker:
         if not delta:
             return None
         self.emitted[i] += delta
-        return Delta(delta)
+        return Delta(delta, logprobs=self._take_logprobs(i))
 
     def _finish(self, i: int, reason: str) -> Delta:
         self.finished[i] = True
         delta = self.text[i][len(self.emitted[i]) :]
         self.emitted[i] = self.text[i]
         return Delta(
-            delta, True, reason, int(self.prompt_tokens[i]), len(self.ids[i]), batch_size=len(self.finished)
+            delta,
+            True,
+            reason,
+            int(self.prompt_tokens[i]),
+            len(self.ids[i]),
+            batch_size=len(self.finished),
+            logprobs=self._take_logprobs(i),
         )
+
+    def _take_logprobs(self, i: int) -> list[dict[str, Any]] | None:
+        if not self.samplings[i].logprobs:
+            return None
+        taken, self.token_logprobs[i] = self.token_logprobs[i], []
+        return taken
 
     def _decode(self, i: int) -> str:
         """New text of row i: decode a window of recent tokens so multi-token characters come out whole

@@ -6,6 +6,7 @@ with a 4xx before it reaches a model worker (where one bad request would fail it
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -23,13 +24,18 @@ from pydantic import (
 )
 from starlette.datastructures import UploadFile
 
-from visionrag.server.errors import BadRequest, InvalidInput, PayloadTooLarge
+from visionrag.server.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedParameter
 from visionrag.server.generation import Sampling
+from visionrag.server.sampling import MAX_TOP_LOGPROBS
 from visionrag.server.settings import Settings, parse_bool
 
 Number = StrictFloat | StrictInt
 Tags = Annotated[list[Annotated[StrictStr, Field(min_length=1, max_length=64)]], Field(max_length=20)]
 Stop = StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None
+Penalty = Annotated[Number, Field(ge=-2, le=2)] | None
+
+# What an image-only user message asks, as OpenAI's models answer one: a description of the image.
+DESCRIBE_IMAGE = "Describe this image."
 
 
 @dataclass
@@ -93,13 +99,62 @@ class _StreamOptions(BaseModel):
     include_usage: StrictBool = True
 
 
+class _ResponseFormat(BaseModel):
+    type: StrictStr
+
+
 class ChatBody(_Common):
-    model: StrictStr | None = None
+    model: StrictStr | None = None  # any name is accepted; answers carry the served name
     messages: Annotated[list[_Message], Field(min_length=1)]
     max_tokens: StrictInt | None = None
     max_completion_tokens: StrictInt | None = None
-    n: StrictInt = 1
+    n: StrictInt | None = 1
     stream_options: _StreamOptions | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    frequency_penalty: Penalty = None
+    presence_penalty: Penalty = None
+    response_format: _ResponseFormat | None = None
+
+
+# Chat Completions parameters accepted besides ChatBody's fields. `context` belongs to the history
+# retrieval of /v1/chat/completions (issue 16); `safety_identifier` and `prompt_cache_key` identify the
+# caller or a cache bucket to OpenAI and never change an answer, so there is nothing here to ignore.
+ACCEPTED_EXTRA = frozenset({"context", "safety_identifier", "prompt_cache_key"})
+
+# Chat Completions parameters refused with 400 (any other unknown parameter is refused too), and why.
+_NO_TOOLS = "this server does not call tools or functions; send the request without them"
+REFUSED: dict[str, str] = {
+    "tools": _NO_TOOLS,
+    "tool_choice": _NO_TOOLS,
+    "parallel_tool_calls": _NO_TOOLS,
+    "functions": _NO_TOOLS,
+    "function_call": _NO_TOOLS,
+    "logit_bias": "logit_bias is not implemented",
+    "audio": "the model answers in text only",
+    "modalities": 'the model answers in text only (leave modalities out, or send ["text"])',
+    "prediction": "predicted outputs are not implemented",
+    "metadata": "metadata is not kept; label a stored interaction with tags (a list of strings)",
+    "reasoning_effort": "this model has no separate reasoning to configure",
+    "verbosity": "this model has no verbosity setting",
+    "web_search_options": "this server does not search the web",
+    "service_tier": "this server has one service tier; leave service_tier out",
+}
+
+
+def refuse_unsupported(data: dict[str, Any]) -> None:
+    """400 naming the first parameter this server does not implement. A null value is the same as
+    leaving a parameter out; `modalities: ["text"]` and an empty `logit_bias` ask for nothing new."""
+    for key, value in data.items():
+        if key in ChatBody.model_fields or key in ACCEPTED_EXTRA or value is None:
+            continue
+        if (key, value) in (("modalities", ["text"]), ("logit_bias", {})):
+            continue
+        reason = REFUSED.get(key, "this server does not implement it")
+        raise UnsupportedParameter(f"unsupported parameter {key!r}: {reason}", param=key)
+
+
+_MESSAGE_REFUSED = {"tool_calls": _NO_TOOLS, "function_call": _NO_TOOLS, "audio": "audio is not supported"}
 
 
 # -- reading bodies -----------------------------------------------------------------------------------
@@ -268,10 +323,58 @@ def predict_ask(data: Any, upload: bytes | None, settings: Settings) -> Ask:
     )
 
 
+def _refuse_in_messages(data: dict[str, Any]) -> None:
+    messages = data.get("messages")
+    if not isinstance(messages, list):
+        return
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            continue
+        if message.get("role") in ("tool", "function"):
+            raise UnsupportedParameter(
+                f"messages[{i}].role {message['role']!r} is not supported: {_NO_TOOLS}",
+                param=f"messages[{i}].role",
+                code="unsupported_value",
+            )
+        for key, reason in _MESSAGE_REFUSED.items():
+            if message.get(key) is not None:
+                raise UnsupportedParameter(
+                    f"unsupported parameter messages[{i}].{key}: {reason}", param=f"messages[{i}].{key}"
+                )
+
+
+def _openai_sampling(body: ChatBody, sampling: Sampling) -> Sampling:
+    """The Chat Completions sampling parameters beyond /predict's, checked as OpenAI checks them."""
+    if body.n not in (None, 1):
+        raise UnsupportedParameter(
+            f"n={body.n} is not supported: this server generates one choice per request; send n=1",
+            param="n",
+            code="unsupported_value",
+        )
+    if body.response_format is not None and body.response_format.type != "text":
+        raise UnsupportedParameter(
+            f"response_format {body.response_format.type!r} is not supported: this server cannot constrain "
+            'the answer to JSON; leave response_format out or send {"type": "text"}',
+            param="response_format",
+            code="unsupported_value",
+        )
+    if body.top_logprobs and not body.logprobs:
+        raise BadRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+    return dataclasses.replace(
+        sampling,
+        frequency_penalty=float(body.frequency_penalty or 0.0),
+        presence_penalty=float(body.presence_penalty or 0.0),
+        logprobs=bool(body.logprobs),
+        top_logprobs=body.top_logprobs or 0,
+    )
+
+
 def chat_ask(data: Any, settings: Settings) -> Ask:
+    if isinstance(data, dict):
+        refuse_unsupported(data)
+        _refuse_in_messages(data)
     body: ChatBody = validate(ChatBody, data)
-    if body.n != 1:
-        raise InvalidInput("n must be 1: this server generates one choice per request")
+    sampling = _openai_sampling(body, sampling_for(body, _max_tokens(body), settings))
     image_urls: list[str] = []
     messages: list[dict[str, Any]] = []
     for message in body.messages:
@@ -294,6 +397,7 @@ def chat_ask(data: Any, settings: Settings) -> Ask:
             f"found {len(image_urls)} images; Llama 3.2 Vision answers about exactly one image per request: "
             "send one image_url part"
         )
+    _describe_if_image_only(messages)
     user_texts = [
         p["text"] for m in messages if m["role"] == "user" for p in m["content"] if p["type"] == "text"
     ]
@@ -302,11 +406,10 @@ def chat_ask(data: Any, settings: Settings) -> Ask:
         raise InvalidInput(
             f"the conversation is too long; the limit is {settings.max_query_chars * 4} characters"
         )
-    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     return Ask(
         question=question,
         messages=messages,
-        sampling=sampling_for(body, max_tokens, settings),
+        sampling=sampling,
         image_url=image_urls[0],
         user=body.user,
         tags=tuple(body.tags),
@@ -314,3 +417,18 @@ def chat_ask(data: Any, settings: Settings) -> Ask:
         stream=body.stream,
         include_usage=body.stream_options.include_usage if body.stream_options else False,
     )
+
+
+def _max_tokens(body: ChatBody) -> int | None:
+    return body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+
+
+def _describe_if_image_only(messages: list[dict[str, Any]]) -> None:
+    """A last user message with the image and no text asks, as with OpenAI, for a description of it."""
+    users = [m for m in messages if m["role"] == "user"]
+    if not users:
+        return
+    parts = users[-1]["content"]
+    has_image = any(p["type"] == "image" for p in parts)
+    if has_image and not any(p["type"] == "text" and p["text"].strip() for p in parts):
+        parts[:] = [p for p in parts if p["type"] != "text"] + [{"type": "text", "text": DESCRIBE_IMAGE}]

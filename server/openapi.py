@@ -194,6 +194,9 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             "503": _json({"type": "object"}, "Still loading, or a part failed (the body says which)"),
         }
     },
+    ("get", "/v1/models/{model_id}"): {
+        "responses": {"200": _json({"type": "object"}, "The served model"), **_errors(404)}
+    },
     ("get", "/ping"): {
         "responses": {
             "200": {"description": "Ready: the model and the history are up"},

@@ -4,6 +4,7 @@ which beats the default. Nothing here reads the environment at import time."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -28,6 +29,13 @@ class Settings:
     # model
     model_name: str = field(
         default=DEFAULT_MODEL, metadata=_env("MODEL_NAME", help="hub id or local directory")
+    )
+    served_model_name: str | None = field(
+        default=None,
+        metadata=_env(
+            "VISIONRAG_SERVED_MODEL_NAME",
+            help="model id the API shows (responses, /v1/models); default: the hub id, or a local directory's name",
+        ),
     )
     hf_token: str | None = field(default=None, metadata=_env("HF_TOKEN", help="token for the gated model"))
     accelerator: str = field(default="auto", metadata=_env("VISIONRAG_ACCELERATOR", help="auto, cuda or cpu"))
@@ -215,6 +223,13 @@ class Settings:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
 
+    @functools.cached_property
+    def served_name(self) -> str:
+        """The model id every response shows: never a filesystem path of the server."""
+        if self.served_model_name:
+            return self.served_model_name
+        return served_name_for(self.model_name)
+
     @property
     def embedded_store(self) -> bool:
         return not self.qdrant_url
@@ -233,6 +248,14 @@ class Settings:
                 value = "***" if value else None
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out
+
+
+def served_name_for(model_name: str) -> str:
+    """A hub id as it is (`meta-llama/Llama-3.2-11B-Vision-Instruct`); a local directory by its name."""
+    path = Path(model_name).expanduser()
+    if model_name.startswith(("/", ".", "~")) or path.is_dir():
+        return path.resolve().name or model_name
+    return model_name
 
 
 def env_help() -> list[tuple[str, str, str]]:

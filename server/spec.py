@@ -25,7 +25,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from visionrag.server import inputs
-from visionrag.server.errors import Overloaded, VisionRAGError, status_for
+from visionrag.server.errors import Overloaded, VisionRAGError, openai_error, status_for
 from visionrag.server.fetch import LoadedImage
 from visionrag.server.generation import GenerationRequest
 from visionrag.server.inputs import Ask
@@ -44,6 +44,11 @@ class QueueTimeout(VisionRAGError):
     status_code = 503
 
 
+class ModelNotFound(VisionRAGError):
+    status_code = 404
+    code = "model_not_found"
+
+
 class VisionSpec(LitSpec):
     def __init__(self, settings: Settings) -> None:
         super().__init__()
@@ -55,6 +60,7 @@ class VisionSpec(LitSpec):
         self.add_endpoint("/predict", self.predict, ["POST"])
         self.add_endpoint("/v1/chat/completions", self.chat_completions, ["POST"])
         self.add_endpoint("/v1/models", self.models, ["GET"])
+        self.add_endpoint("/v1/models/{model_id:path}", self.model, ["GET"])
 
     @property
     def stream(self) -> bool:
@@ -83,13 +89,13 @@ class VisionSpec(LitSpec):
                     media_type="application/x-ndjson",
                     background=release.background(),
                 )
-            text, final = await _collect(deltas)
+            text, final, _ = await _collect(deltas)
             interaction_id = await self._record(request, ask, image, text)
             return JSONResponse(
                 {
                     "output": text,
                     "id": interaction_id,
-                    "model": self.settings.model_name,
+                    "model": self.settings.served_name,
                     "usage": _usage(final),
                     "finish_reason": final["finish_reason"],
                 },
@@ -108,7 +114,7 @@ class VisionSpec(LitSpec):
                     media_type="text/event-stream",
                     background=release.background(),
                 )
-            text, final = await _collect(deltas)
+            text, final, logprobs = await _collect(deltas)
             interaction_id = await self._record(request, ask, image, text)
             usage = _usage(final)
             return JSONResponse(
@@ -116,13 +122,13 @@ class VisionSpec(LitSpec):
                     "id": f"chatcmpl-{interaction_id or uuid.uuid4()}",
                     "object": "chat.completion",
                     "created": int(time.time()),
-                    "model": self.settings.model_name,
+                    "model": self.settings.served_name,
                     "choices": [
                         {
                             "index": 0,
                             "message": {"role": "assistant", "content": text},
                             "finish_reason": _OPENAI_FINISH[final["finish_reason"]],
-                            "logprobs": None,
+                            "logprobs": _logprobs(ask, logprobs),
                         }
                     ],
                     "usage": {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]},
@@ -133,19 +139,25 @@ class VisionSpec(LitSpec):
 
     async def models(self, request: Request) -> Response:
         """The served model, as OpenAI's model list."""
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": [
-                    {
-                        "id": self.settings.model_name,
-                        "object": "model",
-                        "created": self.created,
-                        "owned_by": "visionrag",
-                    }
-                ],
-            }
-        )
+        return JSONResponse({"object": "list", "data": [self._model_card()]})
+
+    async def model(self, request: Request) -> Response:
+        """One model by id (OpenAI's `GET /v1/models/{id}`): the served model, or 404."""
+        model_id = request.path_params["model_id"]
+        if model_id != self.settings.served_name:
+            raise ModelNotFound(
+                f"the model {model_id!r} does not exist here; this server serves {self.settings.served_name!r}",
+                param="model",
+            )
+        return JSONResponse(self._model_card())
+
+    def _model_card(self) -> dict[str, Any]:
+        return {
+            "id": self.settings.served_name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "visionrag",
+        }
 
     # -- streaming bodies ---------------------------------------------------------------------------
     async def _predict_lines(
@@ -168,7 +180,7 @@ class VisionSpec(LitSpec):
                         "done": True,
                         "output": text,
                         "id": interaction_id,
-                        "model": self.settings.model_name,
+                        "model": self.settings.served_name,
                         "usage": _usage(final),
                         "finish_reason": final["finish_reason"],
                     }
@@ -183,7 +195,7 @@ class VisionSpec(LitSpec):
     ) -> AsyncIterator[str]:
         chunk_id = f"chatcmpl-{uuid.uuid4()}"
         created = int(time.time())
-        model = self.settings.model_name
+        model = self.settings.served_name
 
         def event(choices: list[dict], **extra: Any) -> str:
             body = {
@@ -201,9 +213,12 @@ class VisionSpec(LitSpec):
             yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
             final: dict[str, Any] = {}
             async for delta in deltas:
-                if delta["text"]:
+                if delta["text"] or delta.get("logprobs"):
                     pieces.append(delta["text"])
-                    yield event([{"index": 0, "delta": {"content": delta["text"]}, "finish_reason": None}])
+                    choice = {"index": 0, "delta": {"content": delta["text"]}, "finish_reason": None}
+                    if ask.sampling.logprobs:
+                        choice["logprobs"] = _logprobs(ask, delta.get("logprobs"))
+                    yield event([choice])
                 if delta["done"]:
                     final = delta
             interaction_id = await self._record(request, ask, image, "".join(pieces))
@@ -217,7 +232,9 @@ class VisionSpec(LitSpec):
                 yield event(finish, usage=usage, interaction_id=interaction_id)
             yield "data: [DONE]\n\n"
         except Exception as exc:
-            yield f"data: {json.dumps({'error': _error_body(exc)})}\n\n"
+            body = _error_body(exc)  # OpenAI's error object, which OpenAI clients raise, plus status/detail
+            error = {**openai_error(body["detail"], body["status"], code=getattr(exc, "code", None)), **body}
+            yield f"data: {json.dumps({'error': error})}\n\n"
 
     # -- the pieces -----------------------------------------------------------------------------------
     def _admitted(self) -> _Admission:
@@ -265,7 +282,7 @@ class VisionSpec(LitSpec):
             image_url=image.source,
             query=ask.question,
             answer=answer,
-            model=self.settings.model_name,
+            model=self.settings.served_name,
             user=ask.user,
             tags=ask.tags,
             image_sha256=image.sha256,
@@ -325,14 +342,24 @@ class _Admission:
             self.release()
 
 
-async def _collect(deltas: AsyncIterator[dict]) -> tuple[str, dict[str, Any]]:
+async def _collect(deltas: AsyncIterator[dict]) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+    """The whole answer, its final delta, and every logprobs entry (empty unless asked for)."""
     pieces: list[str] = []
     final: dict[str, Any] = {}
+    logprobs: list[dict[str, Any]] = []
     async for delta in deltas:
         pieces.append(delta["text"])
+        logprobs.extend(delta.get("logprobs") or ())
         if delta["done"]:
             final = delta
-    return "".join(pieces), final
+    return "".join(pieces), final, logprobs
+
+
+def _logprobs(ask: Ask, entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """OpenAI's `choices[].logprobs`: null unless the request asked for logprobs."""
+    if not ask.sampling.logprobs:
+        return None
+    return {"content": list(entries or ()), "refusal": None}
 
 
 def _usage(final: dict[str, Any]) -> dict[str, int]:

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from visionrag.server.cli import SECRETS, serve_command
 from visionrag.server.errors import ConfigError
-from visionrag.server.settings import Settings, env_help
+from visionrag.server.settings import Settings, env_help, served_name_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,3 +102,24 @@ def test_readme_names_every_setting() -> None:
 def test_serve_rejects_a_bad_flag_with_a_usage_error() -> None:
     result = CliRunner().invoke(serve_command, ["--placement", "spread", "--env-file", "/nonexistent"])
     assert result.exit_code == 2 and "placement" in result.output
+
+
+def test_served_model_name_is_never_a_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub = "meta-llama/Llama-3.2-11B-Vision-Instruct"
+    assert served_name_for(hub) == hub
+    local = tmp_path / "models" / "my-mllama"
+    local.mkdir(parents=True)
+    assert served_name_for(str(local)) == "my-mllama"
+    assert served_name_for(str(local) + "/") == "my-mllama"
+    assert served_name_for("/no/such/dir/vision") == "vision"  # looks like a path: still only its name
+    monkeypatch.chdir(tmp_path)
+    assert served_name_for("models/my-mllama") == "my-mllama"  # relative, but a directory here
+    assert served_name_for("./models/my-mllama") == "my-mllama"
+    settings = Settings.load(environ={"MODEL_NAME": str(local)}, dotenv_path=None)
+    assert settings.served_name == "my-mllama"
+    named = Settings.load(
+        overrides={"served_model_name": "acme/vision"}, environ={"MODEL_NAME": str(local)}, dotenv_path=None
+    )
+    assert named.served_name == "acme/vision"
+    result = CliRunner().invoke(serve_command, ["--help"])
+    assert "--served-model-name" in result.output and "VISIONRAG_SERVED_MODEL_NAME" in result.output
