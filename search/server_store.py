@@ -21,7 +21,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 
 from visionrag.search.config import HistoryConfig
-from visionrag.search.errors import InvalidQuery, StoreUnavailable
+from visionrag.search.errors import StoreUnavailable
 from visionrag.search.store import (
     CREATED_TS,
     IMAGE,
@@ -35,6 +35,7 @@ from visionrag.search.store import (
     Probe,
     SchemaMismatch,
     SharedStore,
+    check_newest_offset,
 )
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,6 @@ PAYLOAD_INDEXES = (
     (WRITER, models.PayloadSchemaType.KEYWORD),
     (CREATED_TS, models.PayloadSchemaType.FLOAT),  # range filters and newest-first order (order_by)
 )
-NEWEST_OFFSET_LIMIT = 10_000  # order_by cannot skip: a page at offset N reads N ids first
 
 
 class ServerStore(SharedStore):
@@ -291,11 +291,7 @@ class ServerStore(SharedStore):
     def newest(self, limit: int, offset: int = 0, user: str | None = None) -> list[dict[str, Any]]:
         """Newest first through `order_by` on the indexed `created_ts`. Ordered scrolls cannot skip, so a
         later page reads the ids (and timestamps) before it, then the page's payloads."""
-        if offset > NEWEST_OFFSET_LIMIT:
-            raise InvalidQuery(
-                f"offset past {NEWEST_OFFSET_LIMIT} is not supported on a shared Qdrant collection; "
-                "filter by user or search with since/until instead"
-            )
+        check_newest_offset(offset)
         order = models.OrderBy(key=CREATED_TS, direction=models.Direction.DESC)
         scroll_filter = build_filter(Filters(user=user)) if user is not None else None
         with self._calling("list") as client:

@@ -22,7 +22,15 @@ from typing import Any
 from visionrag.search.errors import NotFound, StoreUnavailable
 from visionrag.search.interaction import Interaction
 from visionrag.search.journal import Journal
-from visionrag.search.store import CREATED_TS, IMAGE_COPY, IMAGE_TYPE, Filters, Probe, SharedStore
+from visionrag.search.store import (
+    CREATED_TS,
+    IMAGE_COPY,
+    IMAGE_TYPE,
+    Filters,
+    Probe,
+    SharedStore,
+    check_newest_offset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +110,7 @@ class SharedReads:
     def list(self, limit: int, offset: int, user: str | None) -> list[dict[str, Any]]:
         """Newest first: the collection's, merged with this replica's rows that wait for the index. While
         the store cannot be reached, this replica's journal alone (better a partial page than none)."""
+        check_newest_offset(offset)
         try:
             return self._list(limit, offset, user)
         except StoreUnavailable as exc:

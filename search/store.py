@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from visionrag.search.config import HistoryConfig
-from visionrag.search.errors import HistoryError
+from visionrag.search.errors import HistoryError, InvalidQuery
 
 IMAGE, TEXT = "image", "text"
 TARGETS = {"images": IMAGE, "answers": TEXT}
@@ -121,6 +121,18 @@ class Store(ABC):
     def close(self) -> None: ...
 
 
+NEWEST_OFFSET_LIMIT = 10_000  # ordered scrolls cannot skip: `newest` reads the ids before its page
+
+
+def check_newest_offset(offset: int) -> None:
+    """Listing a shared collection pages by reading what comes before: bounded, with a way out."""
+    if offset > NEWEST_OFFSET_LIMIT:
+        raise InvalidQuery(
+            f"offset past {NEWEST_OFFSET_LIMIT} is not supported on a shared Qdrant collection; "
+            "filter by user or search with since/until instead"
+        )
+
+
 class SharedStore(Store):
     """A collection that several servers (replicas) write to. Reads that the journal answers for a single
     server come from the collection here, so each replica sees every other replica's interactions. Points
@@ -133,7 +145,7 @@ class SharedStore(Store):
 
     @abstractmethod
     def newest(self, limit: int, offset: int = 0, user: str | None = None) -> list[dict[str, Any]]:
-        """Payloads newest first (by `created_ts`), optionally of one user."""
+        """Payloads newest first (by `created_ts`), optionally of one user; offset <= NEWEST_OFFSET_LIMIT."""
 
     @abstractmethod
     def search(

@@ -11,7 +11,7 @@ import pytest
 from tests.search.helpers import diagram, interaction, wait_for
 from tests.search.qdrant_double import QdrantDouble
 from visionrag.search.config import HistoryConfig
-from visionrag.search.errors import NotFound, StoreUnavailable
+from visionrag.search.errors import InvalidQuery, NotFound, StoreUnavailable
 from visionrag.search.history import History
 from visionrag.search.store import Point
 
@@ -73,6 +73,8 @@ def test_every_replica_reads_and_deletes_what_any_wrote(replica, double: QdrantD
     assert [r["id"] for r in b.list(10)] == [theirs.id, mine.id] == [r["id"] for r in a.list(10)]
     assert [r["id"] for r in b.list(10, user="ann")] == [mine.id]
     assert [r["id"] for r in a.list(1, offset=1)] == [mine.id]
+    with pytest.raises(InvalidQuery, match="offset past 10000"):
+        a.list(10, offset=20_000)
     fresh = replica("fresh")  # an empty data dir sees everything
     assert {r["id"] for r in fresh.list(10)} == {mine.id, theirs.id}
     b.delete(mine.id)  # another replica's interaction
@@ -148,3 +150,26 @@ def test_reindex_keeps_other_writers_points_unless_recreated(replica, double: Qd
     assert a.reindex(progress=False, recreate=True) == 1
     assert a.store.count() == 1 and a.store.count_other_writers(a.writer) == 0
     assert b.reindex(progress=False) == 2 and a.store.count() == 3
+
+
+def test_the_image_copy_in_the_payload_is_small_and_stays_out_of_search(
+    replica, double: QdrantDouble
+) -> None:
+    import io
+
+    from PIL import Image
+
+    a = replica("a")
+    big = interaction("a large blueprint")
+    a.record(big, diagram(11, size=(2400, 1600)))
+    settled(a)
+    data, media_type = a.image(big.id)
+    with Image.open(io.BytesIO(data)) as copy:
+        assert max(copy.size) == 512 and media_type in ("image/png", "image/jpeg")
+    (record,) = double.engine.retrieve("shared", [big.id], with_payload=True)
+    assert record.payload["writer"] == a.writer and len(record.payload["image_copy"]) < 200_000
+    double.calls.clear()
+    a.search("blueprint", diagram(11, size=(2400, 1600)), limit=5)
+    a.list(5)
+    reads = [body for _, name, body in double.calls if name in ("query", "scroll", "retrieve")]
+    assert reads and all("image_copy" not in body.with_payload for body in reads)
