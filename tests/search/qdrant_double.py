@@ -29,9 +29,13 @@ from qdrant_client.http import models as m
 
 
 class Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    """An error answer. `fault`: the call was malformed or unauthorised (kept in `errors`); otherwise it is
+    a state a real server answers the same way (no such collection, already exists)."""
+
+    def __init__(self, status: int, message: str, fault: bool = True) -> None:
         super().__init__(message)
         self.status = status
+        self.fault = fault
 
 
 _COLLECTION = r"/collections/(?P<name>[A-Za-z0-9_\-]+)"
@@ -197,7 +201,7 @@ class QdrantDouble:
                 return 200, json.loads(answer.model_dump_json(exclude_unset=False))
             raise Refused(404, f"the double does not serve {method} {path}")
         except Refused as exc:
-            if exc.status != 404 or "Not found" not in str(exc):
+            if exc.fault:
                 self.errors.append(f"{method} {path}: {exc}")
             return exc.status, {"status": {"error": str(exc)}, "time": time.perf_counter() - started}
         except Exception as exc:  # the engine refused the call, or a bug in the double: fail the test
@@ -207,14 +211,14 @@ class QdrantDouble:
     # -- the calls ----------------------------------------------------------------------------------
     def _known(self, name: str) -> None:
         if not self.engine.collection_exists(name):
-            raise Refused(404, f"Not found: Collection `{name}` does not exist!")
+            raise Refused(404, f"Not found: Collection `{name}` does not exist!", fault=False)
 
     def _exists(self, name: str, _: None) -> m.CollectionExistence:
         return m.CollectionExistence(exists=self.engine.collection_exists(name))
 
     def _create(self, name: str, body: m.CreateCollection) -> bool:
         if self.engine.collection_exists(name):
-            raise Refused(409, f"Wrong input: Collection `{name}` already exists!")
+            raise Refused(409, f"Wrong input: Collection `{name}` already exists!", fault=False)
         self.created[name] = body
         return self.engine.create_collection(
             name, vectors_config=body.vectors, sparse_vectors_config=body.sparse_vectors

@@ -144,3 +144,19 @@ def test_a_wrong_api_key_is_a_clear_store_error(config: HistoryConfig, double: Q
         s.ensure_collection(DIM, DIM)
     s.close()
     double.errors.clear()  # the double recorded the refused call, as it should
+
+
+def test_the_double_refuses_what_a_qdrant_server_would(store: ServerStore, double: QdrantDouble) -> None:
+    """The double is only worth its tests if a malformed call fails: bodies go through the client's schema."""
+    import requests
+
+    headers = {"api-key": "secret"}
+    bad = requests.post(f"{double.url}/collections/shared/points/query", json={"bogus": 1}, headers=headers)
+    assert bad.status_code == 422 and "QueryRequest" in bad.json()["status"]["error"]
+    ordered = {"order_by": {"key": "created_ts"}, "offset": str(uuid.uuid4())}
+    skip = requests.post(f"{double.url}/collections/shared/points/scroll", json=ordered, headers=headers)
+    assert skip.status_code == 400 and "offset with order_by" in skip.text
+    unknown = requests.post(f"{double.url}/collections/shared/points/search", json={}, headers=headers)
+    assert unknown.status_code == 404
+    assert len(double.errors) == 3
+    double.errors.clear()
