@@ -235,6 +235,11 @@ class Settings:
         for name in ("shard_number", "replication_factor", "write_consistency_factor"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (or unset for the server's default)")
+        wcf, rf = self.write_consistency_factor, self.replication_factor
+        if wcf is not None and rf is not None and wcf > rf:
+            raise ConfigError(
+                "write_consistency_factor must not exceed replication_factor (a write waits for copies)"
+            )
         for name in ("batch_timeout", "fetch_timeout", "generation_timeout"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")

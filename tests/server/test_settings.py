@@ -55,6 +55,7 @@ def test_aliases_and_lists() -> None:
         ({"QDRANT_SHARD_NUMBER": "two"}, "QDRANT_SHARD_NUMBER"),
         ({"QDRANT_REPLICATION_FACTOR": "0"}, "replication_factor"),
         ({"QDRANT_ON_DISK_PAYLOAD": "maybe"}, "QDRANT_ON_DISK_PAYLOAD"),
+        ({"QDRANT_WRITE_CONSISTENCY_FACTOR": "3", "QDRANT_REPLICATION_FACTOR": "2"}, "write_consistency"),
     ],
 )
 def test_bad_settings_say_what_is_wrong(env: dict, mentions: str) -> None:
