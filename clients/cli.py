@@ -31,7 +31,7 @@ LAZY_COMMANDS = {
     ),
     "reindex": LazyCommand(
         "visionrag.server.reindex:reindex_command",
-        "Rebuild the history's vector collection from the journal.",
+        "Index the journal's interactions into the vector collection again.",
     ),
 }
 

@@ -21,6 +21,12 @@ class HistoryConfig:
     text_model_path: Path | None = None
     image_model_path: Path | None = None
     embed_threads: int = 1
+    # Collection creation on a Qdrant server or cluster (ignored by the embedded store). None: the
+    # server's own default (for shard_number: one shard per node, so a cluster spreads the history).
+    shard_number: int | None = None
+    replication_factor: int | None = None
+    write_consistency_factor: int | None = None
+    on_disk_payload: bool = True  # the payload carries the image copies: keep it off the RAM
 
     @property
     def embedded_store(self) -> bool:

@@ -4,6 +4,9 @@ The journal (SQLite, durable) is the truth; the vector store is an index derived
 returns once the row is committed, then wakes the indexer, so the request path never waits for CLIP or
 Qdrant. Search results are re-read from the journal, so an interaction deleted while the store was down
 never comes back from a stale point.
+
+With a shared store (QDRANT_URL: many replicas, one collection) the collection is the truth for reads
+instead and the journal is this replica's outbox: see shared.py.
 """
 
 from __future__ import annotations
@@ -23,7 +26,17 @@ from visionrag.search.errors import InvalidQuery, NotFound, StoreUnavailable
 from visionrag.search.indexer import ERROR, OK, UNAVAILABLE, Indexer
 from visionrag.search.interaction import Interaction
 from visionrag.search.journal import Journal
-from visionrag.search.store import IMAGE, TARGETS, TEXT, Filters, Probe, SchemaMismatch, open_store
+from visionrag.search.shared import SharedReads, writer_id
+from visionrag.search.store import (
+    IMAGE,
+    TARGETS,
+    TEXT,
+    Filters,
+    Probe,
+    SchemaMismatch,
+    SharedStore,
+    open_store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +108,14 @@ class History:
         self.journal = Journal(settings.data_dir / "journal.db")
         self.store = open_store(settings)
         self.embedders = embedders or Embedders(settings)
-        self.indexer = Indexer(self.journal, self.store, self.embedders)
+        self.writer = writer_id(settings.data_dir)
+        self.indexer = Indexer(self.journal, self.store, self.embedders, writer=self.writer)
+        # the collection is the truth for reads when other replicas write to it too
+        self.shared = (
+            SharedReads(self.journal, self.store)
+            if isinstance(self.store, SharedStore) and self.store.shared
+            else None
+        )
         self._started = False
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -139,7 +159,13 @@ class History:
     def delete(self, id: str) -> None:
         """Remove from the journal now and from the index now or, if the store is down, as soon as it
         is back (the deletion is queued in the same transaction)."""
-        if not _valid_id(id) or not self.journal.delete(id):
+        if not _valid_id(id):
+            raise NotFound(f"no interaction with id {id!r}")
+        if self.shared is not None:
+            self.shared.delete(id)
+            self.indexer.wake()  # a deletion the store missed waits in the journal
+            return
+        if not self.journal.delete(id):
             raise NotFound(f"no interaction with id {id!r}")
         try:
             self.store.delete([id])
@@ -150,20 +176,27 @@ class History:
 
     # -- read -------------------------------------------------------------------------------------
     def get(self, id: str) -> dict[str, Any]:
+        if self.shared is not None and _valid_id(id):
+            return self.shared.get(id)
         found = self.journal.get(id) if _valid_id(id) else None
         if found is None:
             raise NotFound(f"no interaction with id {id!r}")
         return found.to_dict()
 
     def image(self, id: str) -> tuple[bytes, str]:
+        if self.shared is not None and _valid_id(id):
+            return self.shared.image(id)
         found = self.journal.image(id) if _valid_id(id) else None
         if found is None:
             raise NotFound(f"no interaction with id {id!r}")
         return found
 
     def list(self, limit: int = 20, offset: int = 0, user: str | None = None) -> list[dict[str, Any]]:
-        """Newest first, from the journal (so it includes what is not indexed yet)."""
+        """Newest first, from the journal (so it includes what is not indexed yet); with a shared store
+        from the collection, plus this replica's rows not indexed yet."""
         limit, offset = _check_page(limit, offset)
+        if self.shared is not None:
+            return self.shared.list(limit, offset, user)
         return [i.to_dict() for i in self.journal.list(limit, offset, user)]
 
     def search(
@@ -214,7 +247,10 @@ class History:
             for v, same in vectors
             for t in targets
         ]
-        hits = self.store.query(probes, Filters(since_ts, until_ts, user, tuple(tags)), limit, offset)
+        filters = Filters(since_ts, until_ts, user, tuple(tags))
+        if self.shared is not None:
+            return self.shared.search(probes, filters, limit, offset)
+        hits = self.store.query(probes, filters, limit, offset)
         rows = self.journal.get_many([id for id, _ in hits])
         return [{**rows[id].to_dict(), "score": score} for id, score in hits if id in rows]
 
@@ -231,17 +267,27 @@ class History:
             journal = "error"
         return {"journal": journal, **stats, "store": "embedded" if self.store.embedded else "remote"}
 
-    def reindex(self, progress: bool = True, on_progress: Callable[[int, int], None] | None = None) -> int:
-        """Recreate the collection and embed every journal row again (after a CLIP model change, or to
-        repair the index); returns the number of interactions indexed. Raises StoreUnavailable."""
+    def reindex(
+        self,
+        progress: bool = True,
+        on_progress: Callable[[int, int], None] | None = None,
+        recreate: bool = False,
+    ) -> int:
+        """Embed every journal row again and upsert it (point id = interaction id, so it is idempotent and
+        never touches points this replica did not write); returns the number indexed. With `recreate`, drop
+        and create the collection first (after a CLIP model change: the vector sizes differ), which on a
+        shared store deletes every other replica's points too. Raises StoreUnavailable, SchemaMismatch."""
         from tqdm import tqdm
 
         total = self.journal.count()
         self.embedders.load()
         with self.indexer._batch_lock:
-            self.store.recreate(self.embedders.image_dim, self.embedders.text_dim)
+            if recreate:
+                self.store.recreate(self.embedders.image_dim, self.embedders.text_dim)
+                self.journal.clear_pending_deletes(self.journal.pending_deletes(limit=1_000_000))
+            else:
+                self.store.ensure_collection(self.embedders.image_dim, self.embedders.text_dim)
             self.journal.reset_index_state()
-            self.journal.clear_pending_deletes(self.journal.pending_deletes(limit=1_000_000))
         done = 0
         with tqdm(total=total, unit="interaction", desc="reindex", disable=not progress) as bar:
 

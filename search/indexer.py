@@ -10,6 +10,7 @@ against a row.
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
@@ -19,18 +20,25 @@ from typing import Any
 from visionrag.search.embedders import Embedders
 from visionrag.search.errors import StoreUnavailable
 from visionrag.search.journal import BacklogEntry, Journal
-from visionrag.search.store import Point, SchemaMismatch, Store
+from visionrag.search.store import CREATED_TS, IMAGE_COPY, IMAGE_TYPE, WRITER, Point, SchemaMismatch, Store
 
 log = logging.getLogger(__name__)
 
 STARTING, OK, UNAVAILABLE, ERROR = "starting", "ok", "unavailable", "error"
 
 
-def payload_of(entry: BacklogEntry) -> dict[str, Any]:
-    """The interaction as the point's payload, plus `created_ts` (a number) for range filters."""
+def payload_of(entry: BacklogEntry, writer: str | None = None, image_copy: bool = False) -> dict[str, Any]:
+    """The interaction as the point's payload, plus `created_ts` (a number) for range filters and order,
+    the replica that wrote it, and, for a shared store, the stored image copy (base64) so that every
+    replica can serve it."""
     payload = entry.interaction.to_dict()
     payload.pop("image", None)
-    payload["created_ts"] = entry.interaction.timestamp
+    payload[CREATED_TS] = entry.interaction.timestamp
+    if writer is not None:
+        payload[WRITER] = writer
+    if image_copy:
+        payload[IMAGE_COPY] = base64.b64encode(entry.image).decode("ascii")
+        payload[IMAGE_TYPE] = entry.media_type
     return payload
 
 
@@ -44,7 +52,9 @@ class Indexer:
         max_attempts: int = 5,
         backoff: tuple[float, float] = (0.5, 30.0),
         idle_wait: float = 30.0,
+        writer: str | None = None,
     ) -> None:
+        """`writer` names this replica in each point's payload (reindex counts what others wrote)."""
         self.journal = journal
         self.store = store
         self.embedders = embedders
@@ -52,6 +62,7 @@ class Indexer:
         self.max_attempts = max_attempts
         self.backoff = backoff
         self.idle_wait = idle_wait
+        self.writer = writer
         self.state = STARTING
         self.last_error: str | None = None
         self.indexed_total = 0
@@ -131,7 +142,12 @@ class Indexer:
             self.failed_total += 1
             return 0
         points = [
-            Point(id=e.interaction.id, image=img, text=txt, payload=payload_of(e))
+            Point(
+                id=e.interaction.id,
+                image=img,
+                text=txt,
+                payload=payload_of(e, self.writer, self.store.shared),
+            )
             for e, img, txt in zip(entries, images, texts, strict=True)
         ]
         self.store.upsert(points)

@@ -61,6 +61,7 @@ class BacklogEntry:
     interaction: Interaction
     image: bytes
     attempts: int
+    media_type: str = "image/png"
 
 
 def _to_interaction(row: Sequence) -> Interaction:
@@ -198,6 +199,28 @@ class Journal:
         )
         return [_to_interaction(row) for row in rows]
 
+    def unindexed(self, limit: int, user: str | None = None) -> list[Interaction]:
+        """Newest first, rows not in the index yet (a shared store's listing adds them to its own)."""
+        where = "WHERE indexed_at IS NULL" + (" AND user = ?" if user is not None else "")
+        rows = self._conn().execute(
+            f"SELECT {_COLUMNS} FROM interactions {where} ORDER BY created_ts DESC, seq DESC LIMIT ?",
+            (*([user] if user is not None else []), limit),
+        )
+        return [_to_interaction(row) for row in rows]
+
+    def is_indexed(self, id: str) -> bool | None:
+        """None when there is no such row."""
+        row = self._conn().execute("SELECT indexed_at FROM interactions WHERE id = ?", (id,)).fetchone()
+        return None if row is None else row[0] is not None
+
+    def deleting(self, ids: Sequence[str]) -> set[str]:
+        """Which of these ids were deleted here and still wait to leave the index."""
+        if not ids:
+            return set()
+        marks = ",".join("?" * len(ids))
+        rows = self._conn().execute(f"SELECT id FROM pending_deletes WHERE id IN ({marks})", tuple(ids))
+        return {row[0] for row in rows}
+
     def count(self) -> int:
         return self._conn().execute("SELECT count(*) FROM interactions").fetchone()[0]
 
@@ -208,11 +231,11 @@ class Journal:
     def backlog(self, limit: int, max_attempts: int) -> list[BacklogEntry]:
         """Oldest unindexed rows first, skipping rows that failed `max_attempts` times (poison rows)."""
         rows = self._conn().execute(
-            f"SELECT {_COLUMNS}, image, attempts FROM interactions"
+            f"SELECT {_COLUMNS}, image, attempts, image_type FROM interactions"
             " WHERE indexed_at IS NULL AND attempts < ? ORDER BY seq LIMIT ?",
             (max_attempts, limit),
         )
-        return [BacklogEntry(_to_interaction(row), bytes(row[9]), row[10]) for row in rows]
+        return [BacklogEntry(_to_interaction(row), bytes(row[9]), row[10], row[11]) for row in rows]
 
     def backlog_stats(self, max_attempts: int) -> tuple[int, float | None, int]:
         """(rows waiting, created_ts of the oldest waiting row, rows given up on)."""

@@ -1,6 +1,11 @@
 """The qdrant-client engine of the history's collection (`Store`): a Qdrant server or Qdrant Cloud
 (QDRANT_URL), or qdrant-client's local mode (`QdrantClient(path=data_dir/qdrant)`, one process only,
 brute-force NumPy: kept for comparison and for reading data dirs of earlier versions).
+
+With QDRANT_URL it is a `SharedStore`: any number of replicas write to one collection and read everything
+from it. Reads select payload fields (`READ_FIELDS`), so the image copy each point carries travels only
+when `GET /history/{id}/image` asks for it. A new collection takes the distribution settings of the config
+(shards, replication, write consistency, on-disk payload) and payload indexes on the filtered fields.
 """
 
 from __future__ import annotations
@@ -17,7 +22,21 @@ from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 
 from visionrag.search.config import HistoryConfig
 from visionrag.search.errors import StoreUnavailable
-from visionrag.search.store import IMAGE, RRF_K, TEXT, Filters, Point, Probe, SchemaMismatch, Store
+from visionrag.search.store import (
+    CREATED_TS,
+    IMAGE,
+    IMAGE_COPY,
+    READ_FIELDS,
+    RRF_K,
+    TEXT,
+    WRITER,
+    Filters,
+    Point,
+    Probe,
+    SchemaMismatch,
+    SharedStore,
+    check_newest_offset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +57,16 @@ def build_filter(filters: Filters | None) -> models.Filter | None:
     return models.Filter(must=must)
 
 
-class ServerStore(Store):
+# Payload indexes of a new collection on a server: the filtered fields, and `writer` for reindex's count.
+PAYLOAD_INDEXES = (
+    ("user", models.PayloadSchemaType.KEYWORD),
+    ("tags", models.PayloadSchemaType.KEYWORD),
+    (WRITER, models.PayloadSchemaType.KEYWORD),
+    (CREATED_TS, models.PayloadSchemaType.FLOAT),  # range filters and newest-first order (order_by)
+)
+
+
+class ServerStore(SharedStore):
     """A thin, thread-safe wrapper over the client. In embedded mode calls are serialised (the local
     engine is plain Python over NumPy and SQLite, not built for concurrent writers)."""
 
@@ -46,6 +74,7 @@ class ServerStore(Store):
         self.settings = settings
         self.collection = settings.collection_name
         self.embedded = settings.embedded_store
+        self.shared = not self.embedded
         self._client: QdrantClient | None = None
         self._connect_lock = threading.Lock()
         self._lock: contextlib.AbstractContextManager = (
@@ -128,19 +157,27 @@ class ServerStore(Store):
             if have != want:
                 raise SchemaMismatch(
                     f"collection {self.collection!r} has vectors {have} but the CLIP models give {want}; "
-                    "run `visionrag reindex` to rebuild it"
+                    "run `visionrag reindex --recreate` to rebuild it"
                 )
             return False
 
     def _create(self, client: QdrantClient, image_dim: int, text_dim: int) -> None:
-        client.create_collection(self.collection, vectors_config=self._vectors_config(image_dim, text_dim))
-        if not self.embedded:  # the embedded engine ignores payload indexes (and says so)
-            for key, kind in (
-                ("user", models.PayloadSchemaType.KEYWORD),
-                ("tags", models.PayloadSchemaType.KEYWORD),
-                ("created_ts", models.PayloadSchemaType.FLOAT),
-            ):
-                client.create_payload_index(self.collection, key, field_schema=kind)
+        if self.embedded:  # local mode ignores distribution and payload indexes (and warns about the latter)
+            client.create_collection(
+                self.collection, vectors_config=self._vectors_config(image_dim, text_dim)
+            )
+            return
+        cfg = self.settings
+        client.create_collection(
+            self.collection,
+            vectors_config=self._vectors_config(image_dim, text_dim),
+            shard_number=cfg.shard_number,
+            replication_factor=cfg.replication_factor,
+            write_consistency_factor=cfg.write_consistency_factor,
+            on_disk_payload=cfg.on_disk_payload,
+        )
+        for key, kind in PAYLOAD_INDEXES:
+            client.create_payload_index(self.collection, key, field_schema=kind, wait=True)
 
     def recreate(self, image_dim: int, text_dim: int) -> None:
         """Drop and create the collection (reindex)."""
@@ -182,6 +219,17 @@ class ServerStore(Store):
     def query(
         self, probes: Sequence[Probe], filters: Filters | None, limit: int, offset: int = 0
     ) -> list[tuple[str, float]]:
+        return [(str(p.id), float(p.score)) for p in self._query(probes, filters, limit, offset, False)]
+
+    def search(
+        self, probes: Sequence[Probe], filters: Filters | None, limit: int, offset: int = 0
+    ) -> list[tuple[dict[str, Any], float]]:
+        points = self._query(probes, filters, limit, offset, list(READ_FIELDS))
+        return [(_with_id(p.id, p.payload), float(p.score)) for p in points]
+
+    def _query(
+        self, probes: Sequence[Probe], filters: Filters | None, limit: int, offset: int, with_payload: Any
+    ) -> list[models.ScoredPoint]:
         query_filter = build_filter(filters)
 
         def query_of(probe: Probe) -> Any:
@@ -197,7 +245,7 @@ class ServerStore(Store):
                     query_filter=query_filter,
                     limit=limit,
                     offset=offset,
-                    with_payload=False,
+                    with_payload=with_payload,
                 )
             else:
                 depth = max(offset + limit, 50)  # each list must reach past the requested page to fuse well
@@ -214,7 +262,7 @@ class ServerStore(Store):
                         query_filter=query_filter,
                         limit=limit,
                         offset=offset,
-                        with_payload=False,
+                        with_payload=with_payload,
                     )
                 except UnexpectedResponse as exc:
                     if exc.status_code not in (400, 422):
@@ -227,6 +275,58 @@ class ServerStore(Store):
                         query_filter=query_filter,
                         limit=limit,
                         offset=offset,
-                        with_payload=False,
+                        with_payload=with_payload,
                     )
-        return [(str(p.id), float(p.score)) for p in result.points]
+        return result.points
+
+    # -- shared reads ----------------------------------------------------------------------------
+    def payloads(self, ids: Sequence[str], image: bool = False) -> dict[str, dict[str, Any]]:
+        if not ids:
+            return {}
+        fields = [*READ_FIELDS, IMAGE_COPY] if image else list(READ_FIELDS)
+        with self._calling("retrieve") as client:
+            records = client.retrieve(self.collection, ids=list(ids), with_payload=fields)
+        return {str(r.id): _with_id(r.id, r.payload) for r in records}
+
+    def newest(self, limit: int, offset: int = 0, user: str | None = None) -> list[dict[str, Any]]:
+        """Newest first through `order_by` on the indexed `created_ts`. Ordered scrolls cannot skip, so a
+        later page reads the ids (and timestamps) before it, then the page's payloads."""
+        check_newest_offset(offset)
+        order = models.OrderBy(key=CREATED_TS, direction=models.Direction.DESC)
+        scroll_filter = build_filter(Filters(user=user)) if user is not None else None
+        with self._calling("list") as client:
+            if offset == 0:
+                records, _ = client.scroll(
+                    self.collection,
+                    scroll_filter=scroll_filter,
+                    limit=limit,
+                    order_by=order,
+                    with_payload=list(READ_FIELDS),
+                )
+                return [_with_id(r.id, r.payload) for r in records]
+            heads, _ = client.scroll(
+                self.collection,
+                scroll_filter=scroll_filter,
+                limit=offset + limit,
+                order_by=order,
+                with_payload=[CREATED_TS],
+            )
+            page = [str(r.id) for r in heads[offset:]]
+        found = self.payloads(page)
+        return [found[i] for i in page if i in found]
+
+    def collection_exists(self) -> bool:
+        with self._calling("look for the collection") as client:
+            return client.collection_exists(self.collection)
+
+    def count_other_writers(self, writer: str) -> int:
+        others = models.Filter(
+            must_not=[models.FieldCondition(key=WRITER, match=models.MatchValue(value=writer))]
+        )
+        with self._calling("count") as client:
+            return client.count(self.collection, count_filter=others, exact=True).count
+
+
+def _with_id(id: Any, payload: dict[str, Any] | None) -> dict[str, Any]:
+    """The payload with the point id as `id` (the point id is the truth; old payloads may lack the field)."""
+    return {**(payload or {}), "id": str(id)}

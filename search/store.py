@@ -5,7 +5,7 @@ so indexing twice overwrites instead of duplicating), two named vectors:
 * `text`: the CLIP text embeddings of the answer's windows (multivector, cosine, MAX_SIM), see embedders.py.
 
 One module per engine implements `Store`: server_store.py (qdrant-client, for QDRANT_URL: a Qdrant server
-or Qdrant Cloud). `open_store` picks one from the config; nothing else in search/ knows which it talks to.
+or Qdrant Cloud; it is also a `SharedStore`, one collection for many replicas). `open_store` picks one from the config; nothing else in search/ knows which it talks to.
 Every failure to reach the store becomes `StoreUnavailable`, which the indexer answers with backoff and retry.
 """
 
@@ -17,11 +17,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from visionrag.search.config import HistoryConfig
-from visionrag.search.errors import HistoryError
+from visionrag.search.errors import HistoryError, InvalidQuery
 
 IMAGE, TEXT = "image", "text"
 TARGETS = {"images": IMAGE, "answers": TEXT}
 RRF_K = 2  # Qdrant's default ranking constant, set explicitly because the fusion weights depend on it
+# Payload keys beside the interaction's own fields (Interaction.to_dict without `image`): the creation time
+# as a number (range filters, newest-first order), the replica that wrote the point, and on a shared store
+# the stored image copy (base64, not indexed) and its media type.
+CREATED_TS, WRITER, IMAGE_COPY, IMAGE_TYPE = "created_ts", "writer", "image_copy", "image_type"
+# What reads fetch: everything an HTTP result shows, never the image copy.
+READ_FIELDS = (
+    "id",
+    "created_at",
+    "image_url",
+    "query",
+    "answer",
+    "model",
+    "user",
+    "tags",
+    "image_sha256",
+    CREATED_TS,
+    IMAGE_TYPE,
+)
 
 
 class SchemaMismatch(HistoryError):
@@ -62,6 +80,9 @@ class Store(ABC):
     """What the history needs from a vector engine. Implementations are thread-safe."""
 
     embedded: bool
+    # True when other processes write to the same collection (SharedStore): the collection, not this
+    # process's journal, is then the truth for reads.
+    shared: bool = False
 
     @property
     @abstractmethod
@@ -98,6 +119,46 @@ class Store(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+
+NEWEST_OFFSET_LIMIT = 10_000  # ordered scrolls cannot skip: `newest` reads the ids before its page
+
+
+def check_newest_offset(offset: int) -> None:
+    """Listing a shared collection pages by reading what comes before: bounded, with a way out."""
+    if offset > NEWEST_OFFSET_LIMIT:
+        raise InvalidQuery(
+            f"offset past {NEWEST_OFFSET_LIMIT} is not supported on a shared Qdrant collection; "
+            "filter by user or search with since/until instead"
+        )
+
+
+class SharedStore(Store):
+    """A collection that several servers (replicas) write to. Reads that the journal answers for a single
+    server come from the collection here, so each replica sees every other replica's interactions. Points
+    carry the interaction as payload; `payloads` and `newest` return it (with the point id as `id`) without
+    the image copy unless asked, so listing and search stay light."""
+
+    @abstractmethod
+    def payloads(self, ids: Sequence[str], image: bool = False) -> dict[str, dict[str, Any]]:
+        """The payload of each of these ids that has a point; with `image`, the stored image copy too."""
+
+    @abstractmethod
+    def newest(self, limit: int, offset: int = 0, user: str | None = None) -> list[dict[str, Any]]:
+        """Payloads newest first (by `created_ts`), optionally of one user; offset <= NEWEST_OFFSET_LIMIT."""
+
+    @abstractmethod
+    def search(
+        self, probes: Sequence[Probe], filters: Filters | None, limit: int, offset: int = 0
+    ) -> list[tuple[dict[str, Any], float]]:
+        """Like `query`, with each hit's payload (no image copy)."""
+
+    @abstractmethod
+    def collection_exists(self) -> bool: ...
+
+    @abstractmethod
+    def count_other_writers(self, writer: str) -> int:
+        """Points whose payload does not name `writer` as the replica that wrote them."""
 
 
 def open_store(config: HistoryConfig) -> Store:

@@ -7,18 +7,28 @@ load when the command runs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-HELP = """Rebuild the history's vector collection from the journal.
+if TYPE_CHECKING:
+    from visionrag.search.history import History
 
-Drops the collection (COLLECTION_NAME), creates it again with the vector sizes of the current CLIP
-models, and embeds every interaction the journal holds (its stored image and its whole answer), with a
-progress bar. Run it after changing TEXT_MODEL / IMAGE_MODEL (or their local paths), or to repair an
-index. The journal itself is never modified apart from its indexing marks, so it is safe to re-run.
+HELP = """Index the journal's interactions into the history's vector collection again.
+
+By default it embeds every interaction this server's journal holds (its stored image and its whole answer)
+and upserts it, with a progress bar: the point id is the interaction id, so re-running is safe and points
+this server did not write (other replicas sharing QDRANT_URL) are left alone. Use it to repair an index or
+to add image copies to points written by earlier versions.
+
+--recreate drops the collection (COLLECTION_NAME) and creates it again with the vector sizes of the
+current CLIP models: needed after changing TEXT_MODEL / IMAGE_MODEL (or their local paths) to a model of
+another size. On a Qdrant server (QDRANT_URL) that deletes every other replica's history too, so it also
+needs --yes; without it the command only says how many points other writers own. Each replica then
+re-adds its own interactions with a plain `visionrag reindex`.
 
 With the embedded store (no QDRANT_URL) only one process may open it: stop the server first. With
-QDRANT_URL, searches see a partial index until the command finishes.
+QDRANT_URL, searches see a partial index until a --recreate finishes.
 
 Settings come from flags, then the environment, then .env (see `visionrag serve --help`).
 """
@@ -56,6 +66,12 @@ Settings come from flags, then the environment, then .env (see `visionrag serve 
 @click.option(
     "--collection", default=None, help="Collection name [env COLLECTION_NAME; default visionrag_history]."
 )
+@click.option("--recreate", is_flag=True, help="Drop and create the collection first (CLIP model change).")
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Confirm --recreate on a Qdrant server, where it deletes other replicas' points.",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def reindex_command(
     data_dir: Path | None,
@@ -66,6 +82,8 @@ def reindex_command(
     qdrant_url: str | None,
     qdrant_api_key: str | None,
     collection: str | None,
+    recreate: bool,
+    yes: bool,
     progress: bool,
 ) -> None:
     from visionrag.search.errors import HistoryError
@@ -91,11 +109,13 @@ def reindex_command(
     history = History(settings.history_config())
     try:
         total = history.journal.count()
+        if recreate and not _may_recreate(history, settings.collection_name, yes):
+            raise SystemExit(1)
         click.echo(
             f"reindexing {total} interactions into {settings.collection_name!r} at {history.store.where}",
             err=True,
         )
-        indexed = history.reindex(progress=progress)
+        indexed = history.reindex(progress=progress, recreate=recreate)
         failed = history.status().get("failed") or 0
     except HistoryError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -106,3 +126,24 @@ def reindex_command(
     )
     if failed:
         raise SystemExit(1)
+
+
+def _may_recreate(history: History, collection: str, yes: bool) -> bool:
+    """On a shared store, say what dropping the collection deletes; go ahead there only with --yes."""
+    from visionrag.search.store import SharedStore
+
+    store = history.store
+    if not (isinstance(store, SharedStore) and store.shared):
+        return True
+    if not store.collection_exists():
+        return True
+    total, others = store.count(), store.count_other_writers(history.writer)
+    line = (
+        f"collection {collection!r} at {store.where} holds {total} points; {others} of them were written by "
+        "other writers (replicas whose journals this server does not have)"
+    )
+    if not yes:
+        click.echo(f"{line}.\n--recreate would delete them all: add --yes to go ahead.", err=True)
+        return False
+    click.echo(f"{line}; dropping them (--yes).", err=True)
+    return True

@@ -110,6 +110,34 @@ class Settings:
     data_dir: Path = field(
         default=Path("./data"), metadata=_env("VISIONRAG_DATA_DIR", help="journal and embedded store")
     )
+    shard_number: int | None = field(
+        default=None,
+        metadata=_env(
+            "QDRANT_SHARD_NUMBER",
+            help="shards of a new collection on a Qdrant server or cluster; unset: the server's default (one per node)",
+        ),
+    )
+    replication_factor: int | None = field(
+        default=None,
+        metadata=_env(
+            "QDRANT_REPLICATION_FACTOR",
+            help="copies of each shard in a Qdrant cluster (2 survives the loss of a node); unset: server default",
+        ),
+    )
+    write_consistency_factor: int | None = field(
+        default=None,
+        metadata=_env(
+            "QDRANT_WRITE_CONSISTENCY_FACTOR",
+            help="replicas that must confirm a write (at most the replication factor); unset: server default",
+        ),
+    )
+    on_disk_payload: bool = field(
+        default=True,
+        metadata=_env(
+            "QDRANT_ON_DISK_PAYLOAD",
+            help="keep payloads (answers and image copies) on disk on a Qdrant server; indexed fields stay in RAM",
+        ),
+    )
     # HTTP
     host: str = field(default="0.0.0.0", metadata=_env("HOST", help="0.0.0.0, 127.0.0.1 or ::"))
     port: int = field(default=8000, metadata=_env("PORT", help="HTTP port"))
@@ -219,6 +247,14 @@ class Settings:
                 raise ConfigError(f"{name} must be at least 1")
         if self.default_max_tokens > self.max_tokens_limit:
             raise ConfigError("default_max_tokens must not exceed max_tokens_limit")
+        for name in ("shard_number", "replication_factor", "write_consistency_factor"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1 (or unset for the server's default)")
+        wcf, rf = self.write_consistency_factor, self.replication_factor
+        if wcf is not None and rf is not None and wcf > rf:
+            raise ConfigError(
+                "write_consistency_factor must not exceed replication_factor (a write waits for copies)"
+            )
         for name in ("batch_timeout", "fetch_timeout", "generation_timeout", "shutdown_grace"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
@@ -299,7 +335,7 @@ def parse_bool(raw: str) -> bool:
 def _coerce(f: dataclasses.Field, raw: str, source: str) -> Any:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     try:
-        if kind == "int":
+        if kind in ("int", "int | None"):
             return int(raw)
         if kind == "float":
             return float(raw)

@@ -442,7 +442,8 @@ function renderCards(results) {
         el("p", { className: "card-meta" }, el("span", { textContent: facts.join(" · ") }), del)));
     card.dataset.id = r.id;
     list.append(el("li", {}, card));
-    loadImage(r.id, img);
+    if (r.image) loadImage(r.id, img); // null: a point stored by an earlier version without an image copy
+    else { img.alt = "no stored image"; img.classList.add("missing"); }
   }
 }
 

@@ -62,3 +62,46 @@ def test_help_is_complete_and_import_is_light() -> None:
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     assert out.stdout.strip() == "False"
+
+
+def test_recreate_on_a_shared_store_needs_yes_and_counts_other_writers(
+    settings, shared_embedders, monkeypatch
+) -> None:
+    from tests.search.qdrant_double import QdrantDouble
+
+    double = QdrantDouble()
+    try:
+        mine = settings.replace(qdrant_url=double.url)
+        theirs = mine.replace(data_dir=settings.data_dir.parent / "other")
+        for config, n in ((mine, 1), (theirs, 2)):
+            with History(config, embedders=shared_embedders) as history:
+                for i in range(n):
+                    history.record(interaction(f"answer {n} {i}"), diagram(n * 10 + i))
+                history.reindex(progress=False)  # indexed now, whatever the indexer thread did
+        for key in ("QDRANT_URL", "DB_URL", "COLLECTION_NAME", "VISIONRAG_DATA_DIR"):
+            monkeypatch.delenv(key, raising=False)
+        args = [
+            "--data-dir",
+            str(mine.data_dir),
+            "--text-model-path",
+            str(mine.text_model_path),
+            "--image-model-path",
+            str(mine.image_model_path),
+            "--collection",
+            mine.collection_name,
+            "--qdrant-url",
+            double.url,
+            "--no-progress",
+            "--recreate",
+        ]
+        refused = CliRunner().invoke(reindex_command, args)
+        assert refused.exit_code == 1
+        assert "holds 3 points; 2 of them were written by other writers" in refused.output
+        assert "--yes" in refused.output and double.engine.count(mine.collection_name).count == 3
+        done = CliRunner().invoke(reindex_command, [*args, "--yes"])
+        assert done.exit_code == 0, done.output
+        assert "dropping them (--yes)" in done.output and "indexed 1 of 1 interactions" in done.output
+        assert double.engine.count(mine.collection_name).count == 1
+        assert double.errors == []
+    finally:
+        double.close()

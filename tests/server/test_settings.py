@@ -52,11 +52,29 @@ def test_aliases_and_lists() -> None:
         ({"HOST": "192.168.1.1"}, "host"),
         ({"VISIONRAG_DEVICES": "-1"}, "devices"),
         ({"VISIONRAG_DEFAULT_MAX_TOKENS": "9000"}, "max_tokens"),
+        ({"QDRANT_SHARD_NUMBER": "two"}, "QDRANT_SHARD_NUMBER"),
+        ({"QDRANT_REPLICATION_FACTOR": "0"}, "replication_factor"),
+        ({"QDRANT_ON_DISK_PAYLOAD": "maybe"}, "QDRANT_ON_DISK_PAYLOAD"),
+        ({"QDRANT_WRITE_CONSISTENCY_FACTOR": "3", "QDRANT_REPLICATION_FACTOR": "2"}, "write_consistency"),
     ],
 )
 def test_bad_settings_say_what_is_wrong(env: dict, mentions: str) -> None:
     with pytest.raises(ConfigError, match=mentions):
         Settings.load(environ=env, dotenv_path=None)
+
+
+def test_distribution_settings_reach_the_history_config() -> None:
+    env = {
+        "QDRANT_SHARD_NUMBER": "4",
+        "QDRANT_REPLICATION_FACTOR": "2",
+        "QDRANT_WRITE_CONSISTENCY_FACTOR": "2",
+        "QDRANT_ON_DISK_PAYLOAD": "false",
+    }
+    config = Settings.load(environ=env, dotenv_path=None).history_config()
+    assert (config.shard_number, config.replication_factor, config.write_consistency_factor) == (4, 2, 2)
+    assert config.on_disk_payload is False
+    default = Settings.load(environ={}, dotenv_path=None).history_config()
+    assert default.shard_number is None and default.replication_factor is None and default.on_disk_payload
 
 
 def test_describe_hides_secrets() -> None:
