@@ -40,6 +40,7 @@ class VisionServer(ls.LitServer):
     why and `serve` exits non-zero."""
 
     failure: str | None = None
+    stopping: threading.Event | None = None  # set by `serve` when a signal asks for the shutdown
     _api_processes: dict[int, Any] | None = None
 
     def verify_worker_status(self) -> None:
@@ -58,6 +59,8 @@ class VisionServer(ls.LitServer):
         try:
             while not self._shutdown_event.is_set():
                 problem = self._problem()
+                if problem and self.stopping is not None and self.stopping.is_set():
+                    return  # children exiting after SIGTERM / SIGINT: the shutdown, not a failure
                 if problem:
                     self.failure = problem
                     log.error("%s; shutting down", problem)
@@ -191,9 +194,11 @@ def serve(settings: Settings) -> int:
     log.info("settings: %s", settings.describe())
     preflight(settings)
     install_fork_guard()
-    with shutdown_on_signals():
+    stopping = threading.Event()
+    with shutdown_on_signals(on_signal=stopping.set):
         try:
             server = build_server(settings)
+            server.stopping = stopping
             server.uvicorn_graceful_timeout = settings.shutdown_grace
             server.run(
                 host=settings.host,

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def install_fork_guard() -> None:
 
 
 @contextlib.contextmanager
-def shutdown_on_signals() -> Iterator[None]:
+def shutdown_on_signals(on_signal: Callable[[], None] | None = None) -> Iterator[None]:
     """SIGTERM and SIGINT raise `ShutdownRequested` in the main thread, once: a second signal while the
     graceful shutdown runs is logged and ignored (the children die with this process in any case).
 
@@ -93,6 +93,8 @@ def shutdown_on_signals() -> Iterator[None]:
             return
         received.append(signum)
         log.info("%s received: shutting down", signal.Signals(signum).name)
+        if on_signal is not None:  # before the children start exiting, so their exits read as expected
+            on_signal()
         raise ShutdownRequested(signum)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
