@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from visionrag.server.auth import install_auth
 from visionrag.server.errors import ConfigError, install_error_handlers
+from visionrag.server.history_import import router as import_router
 from visionrag.server.history_routes import router as history_router
 from visionrag.server.metrics import install_metrics
 from visionrag.server.routes import replace_routes
@@ -92,6 +93,7 @@ def build_server(settings: Settings) -> VisionServer:
     replace_routes(app, {("GET", "/health")})
     app.add_api_route("/health", _health, methods=["GET"], summary="200 once the model and history are ready")
     app.include_router(history_router)
+    app.include_router(import_router)
     register_ui(app)
     install_error_handlers(app)
     install_auth(app, settings)
