@@ -68,7 +68,9 @@ def test_fit_cuts_the_longest_note_first_then_drops_the_oldest() -> None:
     assert kept[0].answer.endswith("[...]") and len(kept[0].answer) < 3000
     assert long.answer == "x" * 3000  # the caller's notes are not changed
     # a budget too small for three notes cut to the minimum: the oldest go first
-    tight = estimate_tokens(render([note(1, "x" * MIN_FIELD_CHARS + CUT_MARK, day=5), note(3, "y" * 20, day=9)]))
+    tight = estimate_tokens(
+        render([note(1, "x" * MIN_FIELD_CHARS + CUT_MARK, day=5), note(3, "y" * 20, day=9)])
+    )
     kept = fit([long, old, newer], tight)
     assert [n.id for n in kept] == ["id-1", "id-3"]
     assert estimate_tokens(render(kept)) <= tight
@@ -88,7 +90,10 @@ def test_the_estimate_is_conservative_for_llama_text() -> None:
         (False, None),
         (True, ContextOptions()),
         (5, ContextOptions(k=5)),
-        ({"k": 2, "against": "images", "min_score": 0.5}, ContextOptions(k=2, against="images", min_score=0.5)),
+        (
+            {"k": 2, "against": "images", "min_score": 0.5},
+            ContextOptions(k=2, against="images", min_score=0.5),
+        ),
         ({"user": "ann", "tags": ["a"]}, ContextOptions(user="ann", tags=["a"])),
         ("true", ContextOptions()),  # multipart form fields are text
         ("false", None),
