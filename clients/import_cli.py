@@ -101,7 +101,7 @@ def from_folder(folder: Path) -> Iterator[Document]:
 
 
 @click.command("import")
-@click.argument("source", metavar="FILE.jsonl|DIR", type=click.Path(exists=True, path_type=Path))
+@click.argument("source", metavar="SOURCE", type=click.Path(exists=True, path_type=Path))
 @click.option("--user", help="Store the documents as this user's (a line's own \"user\" wins).")
 @click.option(
     "--tag", "tags", multiple=True, metavar="TAG", help="A tag added to every document (repeatable)."
@@ -114,9 +114,9 @@ def import_command(
 ) -> None:
     """Import documents (diagrams with captions) into the history, without asking the model.
 
-    FILE.jsonl holds one JSON object per line: {"image": path or URL, "caption": text, "query"?,
-    "tags"?, "user"?, "created_at"?} ("answer" may stand for "caption"; relative paths are relative to
-    the file). DIR holds images (.png .jpg .jpeg .gif .webp .bmp, subfolders too), each with a
+    SOURCE is a JSON Lines file or a folder. A file holds one JSON object per line: {"image": path or
+    URL, "caption": text, "query"?, "tags"?, "user"?, "created_at"?} ("answer" may stand for "caption";
+    relative paths are relative to the file). A folder holds images (.png .jpg .jpeg .gif .webp .bmp, subfolders too), each with a
     same-named .txt or .md caption. Imported documents are found by `visionrag search` and used as
     context by `visionrag ask --context`.
 
