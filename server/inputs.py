@@ -63,10 +63,6 @@ class ContextOptions(BaseModel):
     tags: Tags = Field(default_factory=list)
 
 
-# The request fields that parse_context reads (for endpoints that refuse unknown fields).
-CONTEXT_FIELDS = frozenset({"context"})
-
-
 def parse_context(value: Any) -> ContextOptions | None:
     """The one reading of a request's `"context"`: `true` (the defaults), `false`/`null` (none), a number
     (`k`), or an object `{"k", "against", "min_score", "user", "tags"}`. A multipart form sends the same
@@ -109,7 +105,9 @@ class _Common(BaseModel):
     store: StrictBool = True
     user: Annotated[StrictStr, Field(max_length=200)] | None = None
     tags: Tags = Field(default_factory=list)
-    context: Any = None  # read by parse_context
+    context: Any = (
+        None  # a declared field (so endpoints that refuse unknown ones accept it); parse_context reads it
+    )
 
 
 class PredictBody(_Common):
