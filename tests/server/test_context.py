@@ -8,6 +8,7 @@ import base64
 import json
 import uuid
 
+import openai
 import pytest
 import requests
 
@@ -139,6 +140,13 @@ def test_chat_completions_with_context(server, docs) -> None:
     assert events[-1] == "[DONE]"
     last = json.loads(events[-2])
     assert [c["id"] for c in last["context"]] == [c["id"] for c in reply["context"]]
+    # the official client sends it with extra_body and keeps the extra field of the answer
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    extra = {"context": {"k": 1, "user": docs["user"]}, "store": False}
+    completion = client.chat.completions.create(
+        model="any", messages=messages, max_tokens=2, extra_body=extra
+    )
+    assert [c["id"] for c in completion.model_extra["context"]] == [docs["ids"][712]]
 
 
 def test_a_bad_context_is_a_422(server) -> None:
