@@ -69,7 +69,7 @@ def parse_context(value: Any) -> ContextOptions | None:
     as text: "true", "false", "3" or the JSON object."""
     if isinstance(value, str):  # a multipart form field
         text = value.strip()
-        if text.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        if text.lower() in ("true", "false", "yes", "no", "on", "off"):
             value = parse_bool(text)
         elif text.isdigit():
             value = int(text)
@@ -105,9 +105,8 @@ class _Common(BaseModel):
     store: StrictBool = True
     user: Annotated[StrictStr, Field(max_length=200)] | None = None
     tags: Tags = Field(default_factory=list)
-    context: Any = (
-        None  # a declared field (so endpoints that refuse unknown ones accept it); parse_context reads it
-    )
+    # a declared field, so endpoints that refuse unknown fields accept it; parse_context reads it
+    context: Any = None
 
 
 class PredictBody(_Common):

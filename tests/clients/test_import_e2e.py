@@ -142,3 +142,6 @@ def test_cli_import_folder_then_ask_with_context(server, rag, user, tmp_path) ->
     assert ask.returncode == 0, ask.stderr.decode()
     line = next(x for x in ask.stderr.decode().splitlines() if x.startswith("context: "))
     assert line.startswith(f"context: {billing} (")
+    answer_id = next(x for x in ask.stderr.decode().splitlines() if x.startswith("id ")).split()[1]
+    show = cli(server.url, "history", "show", answer_id)
+    assert f"built on: {billing}" in show.stdout.decode()

@@ -98,6 +98,7 @@ def test_the_estimate_is_conservative_for_llama_text() -> None:
         ("true", ContextOptions()),  # multipart form fields are text
         ("false", None),
         ("4", ContextOptions(k=4)),
+        ("1", ContextOptions(k=1)),  # a number is k, even 1
         ('{"k": 1}', ContextOptions(k=1)),
     ],
 )
