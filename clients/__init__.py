@@ -20,7 +20,7 @@ from visionrag.clients.errors import (
     UnsupportedMediaType,
     VisionRAGError,
 )
-from visionrag.clients.types import Answer, Interaction, SearchHit, Usage
+from visionrag.clients.types import Answer, ContextItem, Imported, Interaction, SearchHit, Usage
 
 __all__ = [
     "DEFAULT_URL",
@@ -28,6 +28,8 @@ __all__ = [
     "Answer",
     "BadRequest",
     "ConnectionFailed",
+    "ContextItem",
+    "Imported",
     "Interaction",
     "InvalidArgument",
     "NotFound",

@@ -24,6 +24,7 @@ from visionrag.clients.clitools import (
     table,
 )
 from visionrag.clients.history_cli import history
+from visionrag.clients.import_cli import import_command
 
 LAZY_COMMANDS = {
     "serve": LazyCommand(
@@ -109,6 +110,14 @@ def _print_json(data: Any) -> None:
     "--tag", "tags", multiple=True, metavar="TAG", help="A tag stored with the interaction (repeatable)."
 )
 @click.option("--no-store", is_flag=True, help="Answer without remembering the interaction.")
+@click.option(
+    "--context",
+    "context",
+    type=click.IntRange(1, 20),
+    metavar="N",
+    help="Answer with the N most similar earlier interactions from the history in the prompt"
+    " (the same image first); they are listed after the answer.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Wait, then print the whole answer as one JSON object.")
 @connection_options
 @click.pass_context
@@ -122,6 +131,7 @@ def ask(
     user: str | None,
     tags: tuple[str, ...],
     no_store: bool,
+    context: int | None,
     as_json: bool,
 ) -> None:
     """Ask QUESTION about IMAGE, streaming the answer as it is generated.
@@ -136,6 +146,7 @@ def ask(
       visionrag ask https://example.com/er.png "List the tables and keys." --max-tokens 400
       cat diagram.jpg | visionrag ask - "Summarise this diagram." --tag team-a --no-store
       visionrag ask schema.png "Name every table." --json | jq -r .output
+      visionrag ask blueprint.png "What changed since last time?" --context 3
     """
     client = client_of(ctx)
     options = dict(
@@ -145,6 +156,7 @@ def ask(
         user=user,
         tags=list(tags) or None,
         store=not no_store,
+        context=context,
     )
     started = time.monotonic()
     if as_json:
@@ -168,6 +180,18 @@ def ask(
     if answer.model:
         footer += f" | {answer.model}"
     click.secho(footer, dim=True, err=True)
+    if context is not None:
+        click.secho(_context_line(answer), dim=True, err=True)
+
+
+def _context_line(answer: Any) -> str:
+    """Which earlier interactions the answer was given with (or why none)."""
+    if answer.context_error:
+        return f"context: none ({answer.context_error})"
+    if not answer.context:
+        return "context: no earlier interaction matched"
+    used = ", ".join(f"{c.id} ({c.score:.3f})" for c in answer.context)
+    return f"context: {used}"
 
 
 @main.command()
@@ -257,6 +281,7 @@ def search(
 
 
 main.add_command(history)
+main.add_command(import_command)
 
 
 if __name__ == "__main__":

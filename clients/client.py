@@ -15,6 +15,7 @@ Pass your own `requests.Session` to add proxies or adapters, or to test without 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -35,13 +36,16 @@ from visionrag.clients.errors import (
     reason_of,
 )
 from visionrag.clients.stream import Stream
-from visionrag.clients.types import Answer, Interaction, SearchHit
+from visionrag.clients.types import Answer, Imported, Interaction, SearchHit
 
 DEFAULT_URL = "http://localhost:8000"
 DEFAULT_TIMEOUT: tuple[float, float] = (10.0, 300.0)
 """(connect, read) seconds; the read timeout bounds the wait for each piece of an answer."""
 
 ImageInput = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
+ContextSpec = bool | int | dict[str, Any] | None
+"""`context` of `ask`: True (the server's defaults: 3 earlier interactions), a number of them (1..20), or
+the options `{"k", "against", "min_score", "user", "tags"}`; None or False: no context."""
 TimeoutSpec = float | tuple[float, float]
 
 _URL_SCHEMES = ("http://", "https://", "data:")
@@ -88,11 +92,23 @@ def _time(value: datetime | str | None) -> str | None:
 
 
 def _form_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        return json.dumps(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list | tuple):
         return [str(v) for v in value]
     return str(value)
+
+
+def _context_field(context: ContextSpec) -> dict[str, Any]:
+    if context is None or context is False:
+        return {}
+    if context is True or isinstance(context, dict):
+        return {"context": context}
+    if isinstance(context, int):
+        return {"context": {"k": context}}
+    raise TypeError(f"context must be True, a number of interactions or a dict of options, not {context!r}")
 
 
 class VisionRAG:
@@ -147,9 +163,14 @@ class VisionRAG:
         user: str | None = None,
         tags: list[str] | None = None,
         store: bool = True,
+        context: ContextSpec = None,
     ) -> Answer:
-        """Ask `question` about `image` (a local path or bytes are uploaded; a URL is sent as is)."""
+        """Ask `question` about `image` (a local path or bytes are uploaded; a URL is sent as is).
+
+        `context=3` answers with the 3 most similar earlier interactions from the history put into the
+        prompt (see `ContextSpec`); `answer.context` lists the ones used."""
         fields = self._ask_fields(question, max_tokens, temperature, top_p, user, tags, store, False)
+        fields.update(_context_field(context))
         response = self._post_with_image("/predict", image, fields, idempotent=False)
         return Answer.from_dict(self._json(response))
 
@@ -163,12 +184,15 @@ class VisionRAG:
         user: str | None = None,
         tags: list[str] | None = None,
         store: bool = True,
+        context: ContextSpec = None,
     ) -> Stream:
         """Like `ask`, but returns a `Stream` yielding the answer's text as it is generated.
 
-        Iterate it for the pieces; `stream.answer` holds the final `Answer` (id, model, usage) after.
+        Iterate it for the pieces; `stream.answer` holds the final `Answer` (id, model, usage, context)
+        after.
         """
         fields = self._ask_fields(question, max_tokens, temperature, top_p, user, tags, store, True)
+        fields.update(_context_field(context))
         response = self._post_with_image("/predict", image, fields, idempotent=False, stream=True)
         return Stream(response)
 
@@ -219,6 +243,32 @@ class VisionRAG:
         else:
             response = self._post_with_image("/history/search", image, fields, idempotent=True)
         return [SearchHit.from_dict(item) for item in self._json(response).get("results", [])]
+
+    def add(
+        self,
+        image: ImageInput,
+        answer: str,
+        query: str = "",
+        user: str | None = None,
+        tags: list[str] | None = None,
+        created_at: datetime | str | None = None,
+    ) -> Imported:
+        """Store a document (an image and its caption or description, as `answer`) in the history without
+        asking the model; it is then searchable and used as context like an answer. Sending the same
+        image and text again stores nothing new: `Imported.created` is False then."""
+        if not answer or not answer.strip():
+            raise InvalidArgument("answer (the caption or description) must not be empty")
+        fields: dict[str, Any] = {
+            "answer": answer,
+            "query": query or None,
+            "user": user,
+            "tags": list(tags) if tags else None,
+            "created_at": _time(created_at),
+        }
+        fields = {k: v for k, v in fields.items() if v is not None}
+        # idempotent on the server (the id is derived from the image and the text), so it may be retried
+        response = self._post_with_image("/history", image, fields, idempotent=True)
+        return Imported(Interaction.from_dict(self._json(response)), created=response.status_code == 201)
 
     def history(self, limit: int = 20, offset: int = 0, user: str | None = None) -> list[Interaction]:
         """Stored interactions, newest first."""

@@ -245,4 +245,6 @@ def describe(interaction: Interaction) -> str:
         ("image", interaction.image_url or interaction.image or "-"),
     ]
     head = "\n".join(f"{name + ':':<7}{value}" for name, value in fields)
+    if interaction.context:  # the earlier interactions it was answered with
+        head += f"\nbuilt on: {', '.join(interaction.context)}"
     return f"{head}\n\nquestion:\n{interaction.query}\n\nanswer:\n{interaction.answer}"

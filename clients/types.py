@@ -45,14 +45,35 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class ContextItem:
+    """An earlier interaction an answer was given with (its id, search score and question)."""
+
+    id: str
+    score: float = 0.0
+    query: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ContextItem:
+        try:
+            score = float(data.get("score") or 0.0)
+        except (TypeError, ValueError):
+            score = 0.0
+        return cls(id=str(data.get("id", "")), score=score, query=str(data.get("query") or ""))
+
+
+@dataclass(frozen=True)
 class Answer:
-    """The model's answer to one question; `id` is the stored interaction's id (None with store=False)."""
+    """The model's answer to one question; `id` is the stored interaction's id (None with store=False).
+    With context asked for, `context` lists the earlier interactions the answer was given with, and
+    `context_error` says why there are none when the history could not be searched."""
 
     output: str
     id: str | None = None
     model: str | None = None
     usage: Usage = field(default_factory=Usage)
     finish_reason: str | None = None
+    context: list[ContextItem] = field(default_factory=list)
+    context_error: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __str__(self) -> str:
@@ -66,6 +87,8 @@ class Answer:
             model=data.get("model"),
             usage=Usage.from_dict(data.get("usage")),
             finish_reason=data.get("finish_reason"),
+            context=[ContextItem.from_dict(c) for c in data.get("context") or [] if isinstance(c, dict)],
+            context_error=data.get("context_error"),
             raw=dict(data),
         )
 
@@ -94,6 +117,7 @@ class Interaction:
     tags: list[str] = field(default_factory=list)
     image_url: str | None = None
     image: str | None = None
+    context: list[str] = field(default_factory=list)  # ids of the interactions it was answered with
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -108,6 +132,7 @@ class Interaction:
             tags=list(data.get("tags") or []),
             image_url=data.get("image_url"),
             image=data.get("image"),
+            context=[str(c) for c in data.get("context") or []],
             raw=dict(data),
         )
 
@@ -125,6 +150,19 @@ class Interaction:
             "tags": list(self.tags),
             "image": self.image,
         }
+
+
+@dataclass(frozen=True)
+class Imported:
+    """The result of `VisionRAG.add`: the stored interaction, and whether this call stored it (False:
+    the same image and text were already in the history)."""
+
+    interaction: Interaction
+    created: bool
+
+    @property
+    def id(self) -> str:
+        return self.interaction.id
 
 
 @dataclass(frozen=True)

@@ -149,12 +149,14 @@ class History:
         self.close()
 
     # -- write ------------------------------------------------------------------------------------
-    def record(self, interaction: Interaction, image: Image.Image) -> None:
+    def record(self, interaction: Interaction, image: Image.Image) -> bool:
         """Durable when it returns (the row and the image copy are committed and fsynced); indexing
-        happens afterwards in the indexer thread. Recording the same id twice keeps the first."""
+        happens afterwards in the indexer thread. Recording the same id twice keeps the first: the
+        result says whether this call added the row (False: that id was already recorded)."""
         data, media_type = make_thumbnail(image)
-        self.journal.add(interaction, data, media_type)
+        added = self.journal.add(interaction, data, media_type)
         self.indexer.wake()
+        return added
 
     def delete(self, id: str) -> None:
         """Remove from the journal now and from the index now or, if the store is down, as soon as it
@@ -190,6 +192,15 @@ class History:
         if found is None:
             raise NotFound(f"no interaction with id {id!r}")
         return found
+
+    def same_image(
+        self, image_sha256: str, limit: int = 10, user: str | None = None, tags: Sequence[str] = ()
+    ) -> list[dict[str, Any]]:
+        """Interactions about exactly this image (same bytes), newest first, from this server's journal;
+        with `tags`, only those carrying every one. Context retrieval ranks these first."""
+        rows = self.journal.same_image(image_sha256, MAX_LIMIT, user)
+        wanted = set(tags or ())
+        return [r.to_dict() for r in rows if wanted <= set(r.tags)][:limit]
 
     def list(self, limit: int = 20, offset: int = 0, user: str | None = None) -> list[dict[str, Any]]:
         """Newest first, from the journal (so it includes what is not indexed yet); with a shared store

@@ -25,10 +25,13 @@ class Interaction:
     user: str | None
     tags: tuple[str, ...]
     image_sha256: str
+    # ids of the earlier interactions this answer was given with as context (RAG); empty for most
+    context: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Normalise what callers may reasonably pass: a list of tags, a naive datetime meaning UTC.
         self.tags = tuple(self.tags or ())
+        self.context = tuple(self.context or ())
         if self.created_at.tzinfo is None:
             self.created_at = self.created_at.replace(tzinfo=UTC)
         else:
@@ -81,5 +84,6 @@ class Interaction:
             "user": self.user,
             "tags": list(self.tags),
             "image_sha256": self.image_sha256,
+            "context": list(self.context),
             "image": f"/history/{self.id}/image",
         }

@@ -39,19 +39,25 @@ CREATE TABLE IF NOT EXISTS interactions (
     image_type     TEXT NOT NULL,
     indexed_at     REAL,
     attempts       INTEGER NOT NULL DEFAULT 0,
-    last_error     TEXT
+    last_error     TEXT,
+    context        TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS interactions_newest ON interactions (created_ts DESC, seq DESC);
 CREATE INDEX IF NOT EXISTS interactions_user ON interactions (user, created_ts DESC);
 CREATE INDEX IF NOT EXISTS interactions_backlog ON interactions (seq) WHERE indexed_at IS NULL;
+CREATE INDEX IF NOT EXISTS interactions_image ON interactions (image_sha256);
 CREATE TABLE IF NOT EXISTS pending_deletes (
     id          TEXT PRIMARY KEY,
     deleted_at  REAL NOT NULL
 );
 """
 
+# Columns added after the first release, with their definitions: a journal written by an older version
+# gets them by ALTER TABLE when it is opened (SQLite adds a column with a constant default in place).
+_ADDED_COLUMNS = {"context": "TEXT NOT NULL DEFAULT '[]'"}
+
 # Every column but the image: listings and searches never need the bytes.
-_COLUMNS = "id, created_at, image_url, query, answer, model, user, tags, image_sha256"
+_COLUMNS = "id, created_at, image_url, query, answer, model, user, tags, image_sha256, context"
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,18 @@ def _to_interaction(row: Sequence) -> Interaction:
         user=row[6],
         tags=tuple(json.loads(row[7])),
         image_sha256=row[8],
+        context=tuple(json.loads(row[9])),
     )
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a journal written by an older version up to this schema, in place (no row is rewritten)."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(interactions)")}
+    if not present:
+        return  # a new journal: _SCHEMA creates the table with every column
+    for name, definition in _ADDED_COLUMNS.items():
+        if name not in present:
+            conn.execute(f"ALTER TABLE interactions ADD COLUMN {name} {definition}")
 
 
 class Journal:
@@ -91,6 +108,7 @@ class Journal:
         self._closed = False
         conn = self._conn()
         conn.execute("PRAGMA journal_mode=WAL")
+        _migrate(conn)
         conn.executescript(_SCHEMA)
 
     # -- connections -------------------------------------------------------------------------------
@@ -137,7 +155,7 @@ class Journal:
         (recording is idempotent, a retried write does not make a second row)."""
         cur = self._write(
             "INSERT OR IGNORE INTO interactions (id, created_at, created_ts, image_url, query, answer, model,"
-            " user, tags, image_sha256, image, image_type) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " user, tags, image_sha256, image, image_type, context) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 interaction.id,
                 interaction.created_at.isoformat(),
@@ -151,6 +169,7 @@ class Journal:
                 interaction.image_sha256,
                 sqlite3.Binary(image),
                 media_type,
+                json.dumps(list(interaction.context)),
             ),
         )
         return cur.rowcount == 1
@@ -221,6 +240,16 @@ class Journal:
         rows = self._conn().execute(f"SELECT id FROM pending_deletes WHERE id IN ({marks})", tuple(ids))
         return {row[0] for row in rows}
 
+    def same_image(self, image_sha256: str, limit: int, user: str | None = None) -> list[Interaction]:
+        """Rows whose image has exactly these bytes (same sha256), newest first."""
+        where, params = ("AND user = ?", [user]) if user is not None else ("", [])
+        rows = self._conn().execute(
+            f"SELECT {_COLUMNS} FROM interactions WHERE image_sha256 = ? {where}"
+            " ORDER BY created_ts DESC, seq DESC LIMIT ?",
+            (image_sha256, *params, limit),
+        )
+        return [_to_interaction(row) for row in rows]
+
     def count(self) -> int:
         return self._conn().execute("SELECT count(*) FROM interactions").fetchone()[0]
 
@@ -235,7 +264,7 @@ class Journal:
             " WHERE indexed_at IS NULL AND attempts < ? ORDER BY seq LIMIT ?",
             (max_attempts, limit),
         )
-        return [BacklogEntry(_to_interaction(row), bytes(row[9]), row[10], row[11]) for row in rows]
+        return [BacklogEntry(_to_interaction(row), bytes(row[10]), row[11], row[12]) for row in rows]
 
     def backlog_stats(self, max_attempts: int) -> tuple[int, float | None, int]:
         """(rows waiting, created_ts of the oldest waiting row, rows given up on)."""

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from visionrag.server.auth import install_auth
 from visionrag.server.errors import ConfigError, install_error_handlers
+from visionrag.server.history_import import router as import_router
 from visionrag.server.history_routes import router as history_router
 from visionrag.server.lifecycle import ShutdownRequested, install_fork_guard, shutdown_on_signals
 from visionrag.server.metrics import install_metrics
@@ -131,6 +132,7 @@ def build_server(settings: Settings) -> VisionServer:
     app.add_api_route("/health", _health, methods=["GET"], summary="200 once the model and history are ready")
     app.add_api_route("/ping", ping, methods=["GET"], summary="204 while loading, 200 ready, 503 broken")
     app.include_router(history_router)
+    app.include_router(import_router)
     register_ui(app)
     install_error_handlers(app)
     install_auth(app, settings)

@@ -52,6 +52,52 @@ class Ask:
     store: bool = True
     stream: bool = False
     include_usage: bool = False  # OpenAI's stream_options.include_usage
+    context: ContextOptions | None = None  # answer with earlier interactions from the history (RAG)
+    retrieved: Any = None  # server/context.Retrieved: what retrieval put into the prompt
+
+
+class ContextOptions(BaseModel):
+    """`"context"` of /predict and /v1/chat/completions: which earlier interactions go into the prompt.
+    The same filters as /history/search; `k` hits at most, none scoring below `min_score`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k: Annotated[StrictInt, Field(ge=1, le=20)] = 3
+    against: Literal["images", "answers", "both"] = "both"
+    min_score: Number | None = None
+    user: Annotated[StrictStr, Field(max_length=200)] | None = None
+    tags: Tags = Field(default_factory=list)
+
+
+def parse_context(value: Any) -> ContextOptions | None:
+    """The one reading of a request's `"context"`: `true` (the defaults), `false`/`null` (none), a number
+    (`k`), or an object `{"k", "against", "min_score", "user", "tags"}`. A multipart form sends the same
+    as text: "true", "false", "3" or the JSON object."""
+    if isinstance(value, str):  # a multipart form field
+        text = value.strip()
+        if text.lower() in ("true", "false", "yes", "no", "on", "off"):
+            value = parse_bool(text)
+        elif text.isdigit():
+            value = int(text)
+        else:
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise InvalidInput(
+                    f'context: {value!r} is not true, false, a number or a JSON object like {{"k": 3}}'
+                ) from None
+    if value is None or value is False:
+        return None
+    if value is True:
+        return ContextOptions()
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = {"k": value}
+    if not isinstance(value, dict):
+        raise InvalidInput('context must be true, false, a number (k) or an object like {"k": 3}')
+    try:
+        return ContextOptions.model_validate(value)
+    except ValidationError as exc:
+        raise InvalidInput(describe(exc, "context.")) from None
 
 
 class _Common(BaseModel):
@@ -65,6 +111,8 @@ class _Common(BaseModel):
     store: StrictBool = True
     user: Annotated[StrictStr, Field(max_length=200)] | None = None
     tags: Tags = Field(default_factory=list)
+    # a declared field, so endpoints that refuse unknown fields accept it; parse_context reads it
+    context: Any = None
 
 
 class PredictBody(_Common):
@@ -210,10 +258,10 @@ def validate(model: type[BaseModel], data: Any) -> Any:
         raise InvalidInput(describe(exc)) from None
 
 
-def describe(exc: ValidationError) -> str:
+def describe(exc: ValidationError, prefix: str = "") -> str:
     parts = []
     for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "body"
+        where = prefix + ".".join(str(p) for p in err["loc"]) or "body"
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
 
@@ -320,6 +368,7 @@ def predict_ask(data: Any, upload: bytes | None, settings: Settings) -> Ask:
         tags=tuple(body.tags),
         store=body.store,
         stream=body.stream,
+        context=parse_context(body.context),
     )
 
 
@@ -416,6 +465,7 @@ def chat_ask(data: Any, settings: Settings) -> Ask:
         store=body.store,
         stream=body.stream,
         include_usage=body.stream_options.include_usage if body.stream_options else False,
+        context=parse_context(body.context),
     )
 
 

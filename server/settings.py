@@ -168,6 +168,13 @@ class Settings:
     max_query_chars: int = field(
         default=8000, metadata=_env("VISIONRAG_MAX_QUERY_CHARS", help="longest question in characters")
     )
+    context_max_tokens: int = field(
+        default=1024,
+        metadata=_env(
+            "VISIONRAG_CONTEXT_TOKENS",
+            help="most prompt tokens (estimated, 3 characters each) earlier interactions take in an answer with context",
+        ),
+    )
     max_body_bytes: int = field(
         default=30_000_000, metadata=_env("VISIONRAG_MAX_BODY_BYTES", help="largest request body")
     )
@@ -240,6 +247,7 @@ class Settings:
             "max_image_bytes",
             "max_image_pixels",
             "max_query_chars",
+            "context_max_tokens",
             "max_body_bytes",
             "max_queue",
         ):

@@ -24,7 +24,7 @@ from litserve.utils import LitAPIStatus, ResponseBufferItem
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from visionrag.server import inputs
+from visionrag.server import context, inputs
 from visionrag.server.errors import Overloaded, VisionRAGError, openai_error, status_for
 from visionrag.server.fetch import LoadedImage
 from visionrag.server.generation import GenerationRequest
@@ -82,6 +82,7 @@ class VisionSpec(LitSpec):
         ask = inputs.predict_ask(data, upload, self.settings)
         async with self._admitted() as release:
             image = await self._load_image(request, ask)
+            ask = await self._with_context(request, ask, image)
             deltas = self._generate(ask, image)
             if ask.stream:
                 return StreamingResponse(
@@ -98,6 +99,7 @@ class VisionSpec(LitSpec):
                     "model": self.settings.served_name,
                     "usage": _usage(final),
                     "finish_reason": final["finish_reason"],
+                    **context.response_fields(ask),
                 },
                 headers=_id_header(interaction_id),
             )
@@ -107,6 +109,7 @@ class VisionSpec(LitSpec):
         ask = inputs.chat_ask(await inputs.read_json(request, self.settings), self.settings)
         async with self._admitted() as release:
             image = await self._load_image(request, ask)
+            ask = await self._with_context(request, ask, image)
             deltas = self._generate(ask, image)
             if ask.stream:
                 return StreamingResponse(
@@ -133,6 +136,7 @@ class VisionSpec(LitSpec):
                     ],
                     "usage": {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]},
                     "interaction_id": interaction_id,
+                    **context.response_fields(ask),
                 },
                 headers=_id_header(interaction_id),
             )
@@ -183,6 +187,7 @@ class VisionSpec(LitSpec):
                         "model": self.settings.served_name,
                         "usage": _usage(final),
                         "finish_reason": final["finish_reason"],
+                        **context.response_fields(ask),
                     }
                 )
                 + "\n"
@@ -225,11 +230,12 @@ class VisionSpec(LitSpec):
             usage = _usage(final)
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
             finish = [{"index": 0, "delta": {}, "finish_reason": _OPENAI_FINISH[final["finish_reason"]]}]
+            used = context.response_fields(ask)  # on the last chunk before [DONE]
             if ask.include_usage:  # OpenAI's shape: usage in an extra chunk with no choices
                 yield event(finish, interaction_id=interaction_id)
-                yield event([], usage=usage, interaction_id=interaction_id)
+                yield event([], usage=usage, interaction_id=interaction_id, **used)
             else:
-                yield event(finish, usage=usage, interaction_id=interaction_id)
+                yield event(finish, usage=usage, interaction_id=interaction_id, **used)
             yield "data: [DONE]\n\n"
         except Exception as exc:
             body = _error_body(exc)  # OpenAI's error object, which OpenAI clients raise, plus status/detail
@@ -245,6 +251,14 @@ class VisionSpec(LitSpec):
         if ask.upload is not None:
             return await run_in_threadpool(images.load_bytes, ask.upload, "upload")
         return await run_in_threadpool(images.load_url, ask.image_url)
+
+    async def _with_context(self, request: Request, ask: Ask, image: LoadedImage) -> Ask:
+        """With `context`: earlier interactions searched in the history, put into the prompt as text."""
+        if ask.context is None:
+            return ask
+        history = request.app.state.history
+        budget = self.settings.context_max_tokens
+        return await run_in_threadpool(context.apply, history, ask, image, budget)
 
     async def _generate(self, ask: Ask, image: LoadedImage) -> AsyncIterator[dict]:
         """Queue one request for the workers and yield its deltas until the one marked done."""
@@ -286,6 +300,7 @@ class VisionSpec(LitSpec):
             user=ask.user,
             tags=ask.tags,
             image_sha256=image.sha256,
+            context=context.context_ids(ask),
         )
         await run_in_threadpool(request.app.state.history.record, interaction, image.image)
         log.info(

@@ -141,6 +141,7 @@ function askBody() {
   const tags = $("ask-tags").value.split(",").map((t) => t.trim()).filter(Boolean);
   if (tags.length) fields.tags = tags;
   if ($("ask-max").value) fields.max_tokens = Number($("ask-max").value);
+  if ($("ask-context").checked) fields.context = true;
   if (!askFile) return { body: JSON.stringify({ ...fields, image_url: url }), headers: { "Content-Type": "application/json" } };
   const form = new FormData();
   for (const [k, v] of Object.entries(fields)) form.append(k, Array.isArray(v) ? v.join(",") : String(v));
@@ -262,6 +263,7 @@ $("ask-form").addEventListener("submit", async (event) => {
   const meta = $("answer-meta");
   let text = "";
   showAnswer(text);
+  showContext(null);
   meta.textContent = "Waiting for the model…";
   $("answer-box").hidden = false;
   revealAnswer();
@@ -292,6 +294,7 @@ $("ask-form").addEventListener("submit", async (event) => {
     meta.textContent = `${final.model} · ${usage.completion_tokens} tokens (${usage.prompt_tokens} in the prompt) · ${seconds} s`
       + (final.finish_reason === "length" ? " · stopped at the token limit" : "");
     if (final.id) answer.dataset.id = final.id; else delete answer.dataset.id;
+    showContext(final);
     setAnswerState("done");
     if (historyMode === "recent") loadRecent();
   } catch (err) {
@@ -304,6 +307,36 @@ $("ask-form").addEventListener("submit", async (event) => {
   }
 });
 $("ask-stop").addEventListener("click", () => askAbort && askAbort.abort());
+
+// The earlier interactions an answer was given with ("Use history"), each opening its card.
+function showContext(final) {
+  const box = $("answer-context");
+  const list = $("answer-context-list");
+  const note = $("answer-context-note");
+  list.replaceChildren();
+  if (!final || !Array.isArray(final.context)) { box.hidden = true; return; }
+  for (const c of final.context) {
+    const link = el("a", { href: `#interaction-${c.id}`, className: "context-link",
+      textContent: c.query || "(imported document)" });
+    link.dataset.id = c.id;
+    link.addEventListener("click", (e) => { e.preventDefault(); openById(c.id); });
+    list.append(el("li", {}, link, el("span", { className: "meta", textContent: ` · score ${c.score.toFixed(3)}` })));
+  }
+  const message = final.context_error
+    ? `No context: ${final.context_error}`
+    : (final.context.length ? "" : "No earlier interaction matched.");
+  note.textContent = message;
+  note.hidden = !message;
+  box.hidden = false;
+}
+
+async function openById(id) {
+  try {
+    openDetail(await apiJSON(`/history/${encodeURIComponent(id)}`));
+  } catch (err) {
+    showError($("ask-error"), err.message);
+  }
+}
 
 // ---- History -----------------------------------------------------------------------------------
 let searchFile = null;
@@ -458,6 +491,7 @@ function openDetail(r) {
   if (typeof r.score === "number") rows.push(["Score", r.score.toFixed(4)]);
   if (r.tags && r.tags.length) rows.push(["Tags", r.tags.join(", ")]);
   if (r.user) rows.push(["User", r.user]);
+  if (r.context && r.context.length) rows.push(["Built on", r.context.join(", ")]);
   if (/^(https?|data):/i.test(r.image_url || "")) rows.push(["Image URL", r.image_url]);
   rows.push(["Id", r.id]);
   for (const [name, value] of rows) fields.append(el("dt", { textContent: name }), el("dd", { textContent: value ?? "" }));

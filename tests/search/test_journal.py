@@ -140,3 +140,60 @@ def test_acknowledged_rows_survive_kill_9(tmp_path: Path) -> None:
     assert set(acked) <= stored
     assert len(stored) - len(acked) <= 1  # at most the one committed but not yet printed
     journal.close()
+
+
+# The interactions table as the first release wrote it (before the `context` column).
+_OLD_SCHEMA = """
+CREATE TABLE interactions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL,
+    created_ts REAL NOT NULL, image_url TEXT NOT NULL, query TEXT NOT NULL, answer TEXT NOT NULL,
+    model TEXT NOT NULL, user TEXT, tags TEXT NOT NULL, image_sha256 TEXT NOT NULL, image BLOB NOT NULL,
+    image_type TEXT NOT NULL, indexed_at REAL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT
+);
+CREATE TABLE pending_deletes (id TEXT PRIMARY KEY, deleted_at REAL NOT NULL);
+"""
+
+
+def test_an_older_journal_gains_the_context_column_in_place(tmp_path: Path) -> None:
+    import dataclasses
+    import sqlite3
+
+    path = tmp_path / "journal.db"
+    old = interaction("written by the first release")
+    conn = sqlite3.connect(path)
+    conn.executescript(_OLD_SCHEMA)
+    conn.execute(
+        "INSERT INTO interactions (id, created_at, created_ts, image_url, query, answer, model, user, tags,"
+        " image_sha256, image, image_type) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            old.id,
+            old.created_at.isoformat(),
+            old.timestamp,
+            old.image_url,
+            old.query,
+            old.answer,
+            old.model,
+            old.user,
+            "[]",
+            old.image_sha256,
+            b"png",
+            "image/png",
+        ),
+    )
+    conn.commit()
+    conn.close()
+
+    journal = Journal(path)  # migrates
+    got = journal.get(old.id)
+    assert got is not None and got.answer == old.answer and got.context == ()
+    assert [e.interaction.id for e in journal.backlog(10, 5)] == [old.id]  # the old row is still backlog
+    new = dataclasses.replace(interaction("built on the old one"), context=(old.id,))
+    assert journal.add(new, b"png", "image/png")
+    assert journal.get(new.id).context == (old.id,)
+    assert [i.id for i in journal.same_image(old.image_sha256, 10)] == [old.id]
+    journal.close()
+    journal = Journal(path)  # opening a migrated journal again changes nothing
+    columns = [row[1] for row in journal._conn().execute("PRAGMA table_info(interactions)")]
+    assert columns.count("context") == 1
+    assert journal.get(new.id).context == (old.id,)
+    journal.close()

@@ -30,6 +30,7 @@ PROTECTED = [
     ("GET", f"/history/{uuid.uuid4()}/image", None),
     ("DELETE", f"/history/{uuid.uuid4()}", None),
     ("POST", "/history/search", {"text": "gateway"}),
+    ("POST", "/history", {"image_url": DATA_URL, "answer": "a caption"}),
     ("POST", "/predict", {"image_url": DATA_URL, "user_query": "q", "max_tokens": 1, "store": False}),
     (
         "POST",

@@ -121,6 +121,21 @@ def shaped(fields: dict[str, st.SearchStrategy]) -> st.SearchStrategy:
     )
 
 
+CONTEXT = st.one_of(
+    st.booleans(),
+    st.integers(-1, 25),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "k": st.one_of(st.integers(-1, 25), HUGE),
+            "against": st.one_of(st.sampled_from(["images", "answers", "both"]), TEXT),
+            "min_score": NUMBER,
+            "user": TEXT,
+            "tags": st.one_of(TEXT, st.lists(TEXT, max_size=3)),
+        },
+    ),
+    TEXT,
+)
 PREDICT_FIELDS = {
     "image_url": image_urls(),
     "user_query": TEXT,
@@ -133,6 +148,7 @@ PREDICT_FIELDS = {
     "store": st.booleans(),
     "user": TEXT,
     "tags": st.one_of(TEXT, st.lists(TEXT, max_size=25)),
+    "context": CONTEXT,
 }
 PART = st.one_of(
     st.fixed_dictionaries({"type": st.just("text"), "text": TEXT}),
@@ -164,6 +180,7 @@ CHAT_FIELDS = {
     "store": st.booleans(),
     "user": TEXT,
     "tags": st.lists(TEXT, max_size=3),
+    "context": CONTEXT,
 }
 SEARCH_FIELDS = {
     "text": TEXT,
@@ -175,6 +192,15 @@ SEARCH_FIELDS = {
     "until": st.one_of(st.sampled_from(["2030-01-01T00:00:00Z", "yesterday"]), NUMBER),
     "user": TEXT,
     "tags": st.one_of(TEXT, st.lists(TEXT, max_size=3)),
+}
+
+IMPORT_FIELDS = {
+    "image_url": image_urls(),
+    "answer": TEXT,
+    "query": TEXT,
+    "user": TEXT,
+    "tags": st.one_of(TEXT, st.lists(TEXT, max_size=25)),
+    "created_at": st.one_of(st.sampled_from(["2024-01-01", "2024-13-45", "2024-05-01T12:00:00Z"]), TEXT),
 }
 
 
@@ -225,16 +251,22 @@ def test_fuzz_history_search(target, body, content_type) -> None:
     check(post(target, "/history/search", body, content_type), body[:300])
 
 
+@fuzz(300)
+@given(body=body_for(IMPORT_FIELDS), content_type=CONTENT_TYPES)
+def test_fuzz_history_import(target, body, content_type) -> None:
+    check(post(target, "/history", body, content_type), body[:300])
+
+
 # -- multipart forms ---------------------------------------------------------------------------------------
 FORM_NAMES = st.one_of(
-    st.sampled_from(sorted({*PREDICT_FIELDS, *SEARCH_FIELDS, "image"})), st.text(max_size=10)
+    st.sampled_from(sorted({*PREDICT_FIELDS, *SEARCH_FIELDS, *IMPORT_FIELDS, "image"})), st.text(max_size=10)
 )
 FILE = st.one_of(st.just(PNG), st.binary(max_size=200), st.just(PNG[:50]))
 
 
 @fuzz(400)
 @given(
-    path=st.sampled_from(["/predict", "/history/search"]),
+    path=st.sampled_from(["/predict", "/history/search", "/history"]),
     fields=st.dictionaries(FORM_NAMES, st.text(max_size=30), max_size=6),
     files=st.dictionaries(st.sampled_from(["image", "image", "other", "file"]), FILE, max_size=2),
     raw=st.one_of(st.none(), st.binary(max_size=200)),
