@@ -53,6 +53,7 @@ def result_of(payload: dict[str, Any]) -> dict[str, Any]:
     one; points written by earlier versions have none and give null."""
     out = {key: payload.get(key) for key in RESULT_FIELDS}
     out["tags"] = list(payload.get("tags") or [])
+    out["context"] = list(payload.get("context") or [])  # points written before answers had context: []
     out["image"] = f"/history/{out['id']}/image" if payload.get(IMAGE_TYPE) else None
     return out
 

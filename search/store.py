@@ -37,6 +37,7 @@ READ_FIELDS = (
     "user",
     "tags",
     "image_sha256",
+    "context",
     CREATED_TS,
     IMAGE_TYPE,
 )

@@ -82,7 +82,24 @@ INTERACTION = {
         "model": {"type": ["string", "null"]},
         "user": {"type": ["string", "null"]},
         "tags": {"type": "array", "items": {"type": "string"}},
-        "image": {"type": "string"},
+        "image_sha256": {"type": ["string", "null"]},
+        "context": {"type": "array", "items": {"type": "string"}, "description": "ids it was built on"},
+        "image": {"type": ["string", "null"], "description": "null for points without an image copy"},
+    },
+}
+
+IMPORT = {
+    "title": "HistoryImport",
+    "type": "object",
+    "description": "a document stored without generating: image_url (or, as a form, an image file)",
+    "required": ["answer"],
+    "properties": {
+        "image_url": {"type": "string", "description": "http(s) or data:image/...;base64, URL"},
+        "answer": {"type": "string", "description": "the caption or description"},
+        "query": {"type": "string", "default": ""},
+        "user": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "created_at": {"type": "string", "format": "date-time"},
     },
 }
 
@@ -171,6 +188,14 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             **_errors(400, 413, 415, 422, 503),
         },
     },
+    ("post", "/history"): {
+        "requestBody": _body("HistoryImport", _form("HistoryImport", IMAGE_FILE)),
+        "responses": {
+            "201": _json({"$ref": REF + "Interaction"}, "Stored"),
+            "200": _json({"$ref": REF + "Interaction"}, "The same document was already stored"),
+            **_errors(400, 413, 415, 422, 503),
+        },
+    },
     ("get", "/history"): {"responses": _errors(422, 503)},
     ("get", "/history/{id}"): {
         "responses": {"200": _json({"$ref": REF + "Interaction"}), **_errors(404, 503)}
@@ -235,7 +260,7 @@ def complete(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(models.get("$defs", {}))
     schemas["PredictBody"].setdefault("properties", {}).setdefault("context", CONTEXT)
-    schemas.update(Error=ERROR, HistorySearch=SEARCH, Interaction=INTERACTION)
+    schemas.update(Error=ERROR, HistorySearch=SEARCH, HistoryImport=IMPORT, Interaction=INTERACTION)
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
     for path, operations in spec.get("paths", {}).items():
