@@ -18,6 +18,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from visionrag.server.rows import RowSampler, RowText
+
 log = logging.getLogger(__name__)
 
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -171,6 +173,13 @@ class VisionModel:
             for k, v in batch.items()
         }
 
+    def prompt_length(self, request: GenerationRequest) -> int:
+        """Tokens of the request's prompt (the image is one `<|image|>` token); for the scheduler's budget."""
+        text = self.processor.apply_chat_template(
+            request.messages, add_generation_prompt=True, tokenize=False
+        )
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     # -- generating --------------------------------------------------------------------------------
     def stream(self, requests: Sequence[GenerationRequest]) -> Iterator[list[Delta | None]]:
         """Yield, after every decoding step that has news for some request, one entry per request: its
@@ -242,30 +251,17 @@ class VisionModel:
 
 
 class _RowSampler:
-    """Per-row sampling inside a greedy `generate`: a sampling row's logits become one-hot on a token
-    drawn from its own temperature / top-p distribution with its own generator, so the argmax that
-    follows picks it. Greedy rows pass through untouched."""
+    """Per-row sampling inside a greedy `generate`: a sampling row's logits become one-hot on the token its
+    own `RowSampler` draws, so the argmax that follows picks it. Greedy rows pass through untouched."""
 
     def __init__(self, requests: Sequence[GenerationRequest]) -> None:
-        self.rows = [(i, r.sampling) for i, r in enumerate(requests) if r.sampling.temperature > 0]
-        self.generators: dict[int, Any] = {}
+        self.rows = [
+            (i, RowSampler(r.sampling)) for i, r in enumerate(requests) if r.sampling.temperature > 0
+        ]
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        for i, sampling in self.rows:
-            gen = self.generators.get(i)
-            if gen is None:
-                gen = torch.Generator(device=scores.device)
-                gen.manual_seed(sampling.seed if sampling.seed is not None else torch.seed())
-                self.generators[i] = gen
-            probs = torch.softmax(scores[i].float() / sampling.temperature, dim=-1)
-            if sampling.top_p < 1.0:
-                sorted_probs, order = torch.sort(probs, descending=True)
-                keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < sampling.top_p
-                sorted_probs = sorted_probs * keep
-                probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-            token = torch.multinomial(probs, 1, generator=gen)
+        for i, sampler in self.rows:
+            token = sampler.pick(scores[i])
             scores[i] = float("-inf")
             scores[i, token] = 0.0
         return scores
@@ -274,9 +270,9 @@ class _RowSampler:
 class _RowTracker:
     """Both the streamer and the stopping criterion of one `generate` call.
 
-    `put` (called by `generate` with each step's new tokens, before the stopping check) decodes each row
-    incrementally, applies EOS / max_tokens / stop strings / time limit, and queues the step's deltas;
-    `__call__` then tells `generate` which rows are finished."""
+    `put` (called by `generate` with each step's new tokens, before the stopping check) hands each row its
+    token (`RowText`: EOS, max_tokens, stop strings, time limit) and queues the step's deltas; `__call__`
+    then tells `generate` which rows are finished."""
 
     def __init__(
         self,
@@ -285,17 +281,10 @@ class _RowTracker:
         prompt_tokens: list[int],
         eos_ids: list[int],
     ) -> None:
-        self.tokenizer = tokenizer
-        self.samplings = [r.sampling for r in requests]
-        self.streaming = [r.stream for r in requests]
-        self.prompt_tokens = prompt_tokens
-        self.eos_ids = set(eos_ids)
-        n = len(requests)
-        self.ids: list[list[int]] = [[] for _ in range(n)]
-        self.offsets = [(0, 0)] * n  # (prefix, read) for incremental decoding
-        self.text = [""] * n  # decoded so far
-        self.emitted = [""] * n  # sent so far (text minus what may be the start of a stop string)
-        self.finished = [False] * n
+        self.rows = [
+            RowText(tokenizer, r.sampling, r.stream, n, eos_ids)
+            for r, n in zip(requests, prompt_tokens, strict=True)
+        ]
         self.started = time.monotonic()
         self.queue: queue.Queue[Any] = queue.Queue()
         self.error: BaseException | None = None
@@ -311,16 +300,14 @@ class _RowTracker:
             raise _Cancelled
         tokens = value.reshape(-1).tolist()
         elapsed = time.monotonic() - self.started
-        step: list[Delta | None] = []
-        for i, token in enumerate(tokens):
-            step.append(None if self.finished[i] else self._advance(i, token, elapsed))
+        n = len(self.rows)
+        step = [None if row.finished else row.advance(t, elapsed, n) for row, t in zip(self.rows, tokens)]
         if any(d is not None for d in step):
             self.queue.put(step)
 
     def end(self) -> None:
-        step: list[Delta | None] = []
-        for i in range(len(self.finished)):
-            step.append(None if self.finished[i] else self._finish(i, "length"))
+        n = len(self.rows)
+        step = [None if row.finished else row.finish("length", n) for row in self.rows]
         if any(d is not None for d in step):
             self.queue.put(step)
         self.queue.put(None)
@@ -329,7 +316,7 @@ class _RowTracker:
     def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
         import torch
 
-        return torch.tensor(self.finished, dtype=torch.bool, device=input_ids.device)
+        return torch.tensor([row.finished for row in self.rows], dtype=torch.bool, device=input_ids.device)
 
     def fail(self, exc: BaseException) -> None:
         if not isinstance(exc, _Cancelled):
@@ -346,61 +333,6 @@ class _RowTracker:
                     raise self.error
                 return
             yield step
-
-    def _advance(self, i: int, token: int, elapsed: float) -> Delta | None:
-        sampling = self.samplings[i]
-        self.ids[i].append(token)
-        if token in self.eos_ids:
-            return self._finish(i, "stop")
-        self.text[i] += self._decode(i)
-        for stop in sampling.stop:
-            cut = self.text[i].find(stop) if stop else -1
-            if cut >= 0:
-                self.text[i] = self.text[i][: max(cut, len(self.emitted[i]))]
-                return self._finish(i, "stop")
-        if len(self.ids[i]) >= sampling.max_tokens:
-            return self._finish(i, "length")
-        if sampling.time_limit is not None and elapsed >= sampling.time_limit:
-            return self._finish(i, "time_limit")
-        if not self.streaming[i]:
-            return None
-        visible = len(self.text[i]) - _held_back(self.text[i], sampling.stop)
-        delta = self.text[i][len(self.emitted[i]) : visible]
-        if not delta:
-            return None
-        self.emitted[i] += delta
-        return Delta(delta)
-
-    def _finish(self, i: int, reason: str) -> Delta:
-        self.finished[i] = True
-        delta = self.text[i][len(self.emitted[i]) :]
-        self.emitted[i] = self.text[i]
-        return Delta(
-            delta, True, reason, int(self.prompt_tokens[i]), len(self.ids[i]), batch_size=len(self.finished)
-        )
-
-    def _decode(self, i: int) -> str:
-        """New text of row i: decode a window of recent tokens so multi-token characters come out whole
-        and spacing is right, without re-decoding the whole answer each step."""
-        ids = self.ids[i]
-        prefix, read = self.offsets[i]
-        before = self.tokenizer.decode(ids[prefix:read], skip_special_tokens=True)
-        after = self.tokenizer.decode(ids[prefix:], skip_special_tokens=True)
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            self.offsets[i] = (read, len(ids))
-            return after[len(before) :]
-        return ""
-
-
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """How many trailing characters might be the start of a stop string, and so must wait."""
-    held = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:n]):
-                held = max(held, n)
-                break
-    return held
 
 
 class _Cancelled(Exception):

@@ -1,4 +1,14 @@
-"""LitServe's four methods around `VisionModel`. Runs in the model worker processes; holds only the model.
+"""LitServe's side of the model workers: `VisionAPI` holds the model, and how requests reach it depends on
+`batching`.
+
+- static: LitServe's own batched streaming loop collects requests for `batch_timeout` and `predict` runs one
+  `generate` for them; the next batch waits for the whole of this one.
+- continuous: `SchedulerLoop` (a LitServe loop, passed as `LitAPI(loop=...)`) takes requests from LitServe's
+  queue whenever the running batch has a free slot and drives `Scheduler.step` (server/scheduler.py), sending
+  each step's deltas back through LitServe's transport. We use LitServe's loop hook rather than its
+  `ContinuousBatchingLoop` because that one runs `step` in a thread beside the coroutine that adds requests
+  (so the batch would need locks), spins without sleeping while idle, and never applies the queue timeout;
+  one synchronous loop that owns the scheduler is simpler and has none of these.
 
 Requests reach a worker already checked and with their image fetched (see server/spec.py), so nothing
 here can fail because of one request and take its batch-mates down with it."""
@@ -7,16 +17,23 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
+from queue import Empty, Queue
 from typing import Any
 
 import litserve as ls
+from fastapi import HTTPException
+from litserve.loops.base import _SENTINEL_VALUE, LitLoop, _StopLoopError
 from litserve.specs.base import LitSpec
+from litserve.utils import LitAPIStatus, LoopResponseType
 
 from visionrag.server.generation import Delta, GenerationRequest, VisionModel
 from visionrag.server.settings import Settings
 
 log = logging.getLogger(__name__)
+
+_IDLE_WAIT = 1.0  # seconds an idle worker blocks on the queue before looking again
 
 
 class VisionAPI(ls.LitAPI):
@@ -25,9 +42,11 @@ class VisionAPI(ls.LitAPI):
             max_batch_size=settings.max_batch_size,
             batch_timeout=settings.batch_timeout,
             spec=spec,
+            loop=SchedulerLoop() if settings.batching == "continuous" else "auto",
         )
         self.settings = settings
         self.model: VisionModel | None = None
+        self.scheduler: Any = None
 
     def setup(self, device: str) -> None:
         s = self.settings
@@ -41,6 +60,10 @@ class VisionAPI(ls.LitAPI):
             token=s.hf_token,
             compile=s.compile,
         )
+        if s.batching == "continuous":
+            from visionrag.server.scheduler import Scheduler
+
+            self.scheduler = Scheduler(self.model, s.max_batch_size, s.max_batch_tokens)
 
     def decode_request(self, request: dict[str, Any]) -> GenerationRequest:
         return GenerationRequest.from_wire(request)
@@ -65,3 +88,101 @@ class VisionAPI(ls.LitAPI):
                 yield [d.to_dict() if d is not None else None for d in step]
             else:
                 yield step.to_dict() if step is not None else None
+
+
+class SchedulerLoop(LitLoop):
+    """Continuous batching inside one LitServe worker: take requests while there are free slots (blocking
+    only when idle, so other workers get the rest of the queue), step the scheduler, send the deltas."""
+
+    def __call__(
+        self,
+        lit_api: VisionAPI,
+        device: str,
+        worker_id: int,
+        request_queue: Queue,
+        transport: Any,
+        workers_setup_status: dict[str, str],
+        callback_runner: Any,
+    ) -> None:
+        try:
+            self.run(
+                lit_api, device, worker_id, request_queue, transport, workers_setup_status, callback_runner
+            )
+        except _StopLoopError:  # LitServe's sentinel: the server is shutting down
+            return
+
+    def run(
+        self,
+        lit_api: VisionAPI,
+        device: str,
+        worker_id: int,
+        request_queue: Queue,
+        transport: Any,
+        workers_setup_status: dict[str, str],
+        callback_runner: Any,
+    ) -> None:
+        scheduler = lit_api.scheduler
+        senders: dict[str, int] = {}  # uid -> response queue id
+        while True:
+            self._take(lit_api, scheduler, request_queue, transport, senders)
+            if not scheduler.busy:
+                continue
+            try:
+                outputs = scheduler.step()
+            except Exception as exc:
+                log.exception("continuous batching step failed; failing its %d requests", len(senders))
+                for uid in scheduler.fail_all():
+                    self.put_error_response(transport, senders.pop(uid), uid, exc, LoopResponseType.STREAMING)
+                continue
+            for uid, delta in outputs:
+                queue_id = senders[uid]
+                data = lit_api.format_encoded_response(delta.to_dict())
+                self.put_response(transport, queue_id, uid, data, LitAPIStatus.OK, LoopResponseType.STREAMING)
+                if delta.done:
+                    del senders[uid]
+                    self.put_response(
+                        transport,
+                        queue_id,
+                        uid,
+                        "",
+                        LitAPIStatus.FINISH_STREAMING,
+                        LoopResponseType.STREAMING,
+                    )
+
+    def _take(
+        self,
+        lit_api: VisionAPI,
+        scheduler: Any,
+        request_queue: Queue,
+        transport: Any,
+        senders: dict[str, int],
+    ) -> None:
+        """Move requests from LitServe's queue into the scheduler, as many as it has free slots."""
+        timeout = lit_api.request_timeout
+        block = not scheduler.busy
+        while scheduler.free_slots > 0:
+            try:
+                item = request_queue.get(timeout=_IDLE_WAIT) if block else request_queue.get_nowait()
+            except Empty:
+                return
+            block = False
+            if item == _SENTINEL_VALUE:
+                raise _StopLoopError()
+            queue_id, uid, queued_at, payload = item
+            if timeout not in (-1, False, None) and time.monotonic() - queued_at > timeout:
+                log.error(
+                    "request %s waited %.1f s for a worker; answering 504", uid, time.monotonic() - queued_at
+                )
+                error = HTTPException(504, "Request timed out")
+                self.put_response(
+                    transport, queue_id, uid, error, LitAPIStatus.ERROR, LoopResponseType.STREAMING
+                )
+                continue
+            try:
+                request = lit_api.decode_request(payload)
+            except Exception as exc:
+                log.exception("could not decode request %s", uid)
+                self.put_error_response(transport, queue_id, uid, exc, LoopResponseType.STREAMING)
+                continue
+            senders[uid] = queue_id
+            scheduler.add(uid, request)
