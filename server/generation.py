@@ -301,7 +301,10 @@ class _RowTracker:
         tokens = value.reshape(-1).tolist()
         elapsed = time.monotonic() - self.started
         n = len(self.rows)
-        step = [None if row.finished else row.advance(t, elapsed, n) for row, t in zip(self.rows, tokens)]
+        step = [
+            None if row.finished else row.advance(t, elapsed, n)
+            for row, t in zip(self.rows, tokens, strict=True)
+        ]
         if any(d is not None for d in step):
             self.queue.put(step)
 
