@@ -34,6 +34,7 @@ from visionrag.server.settings import Settings
 log = logging.getLogger(__name__)
 
 _IDLE_WAIT = 1.0  # seconds an idle worker blocks on the queue before looking again
+_CANCEL_CHECK = 0.05  # seconds between looks at the shared cancel dict while generating
 
 
 class VisionAPI(ls.LitAPI):
@@ -47,6 +48,7 @@ class VisionAPI(ls.LitAPI):
         self.settings = settings
         self.model: VisionModel | None = None
         self.scheduler: Any = None
+        self.cancelled: Any = None  # shared dict uid -> time its client went away (server/app.py sets it)
 
     def setup(self, device: str) -> None:
         s = self.settings
@@ -123,10 +125,14 @@ class SchedulerLoop(LitLoop):
     ) -> None:
         scheduler = lit_api.scheduler
         senders: dict[str, int] = {}  # uid -> response queue id
+        checked = 0.0
         while True:
             self._take(lit_api, scheduler, request_queue, transport, senders)
             if not scheduler.busy:
                 continue
+            if lit_api.cancelled is not None and time.monotonic() - checked >= _CANCEL_CHECK:
+                checked = time.monotonic()
+                self._cancel(lit_api.cancelled, scheduler, senders)
             try:
                 outputs = scheduler.step()
             except Exception as exc:
@@ -148,6 +154,20 @@ class SchedulerLoop(LitLoop):
                         LitAPIStatus.FINISH_STREAMING,
                         LoopResponseType.STREAMING,
                     )
+
+    @staticmethod
+    def _cancel(cancelled: Any, scheduler: Any, senders: dict[str, int]) -> None:
+        """Retire the rows whose clients went away (their uids are in the shared dict)."""
+        try:
+            gone = [uid for uid in cancelled.keys() if uid in senders]  # noqa: SIM118 (a manager proxy)
+            for uid in gone:
+                cancelled.pop(uid, None)
+        except (OSError, EOFError):  # the manager is gone: the server is shutting down
+            return
+        for uid in gone:
+            log.info("client of %s went away; retiring its row", uid)
+            scheduler.cancel(uid)
+            del senders[uid]
 
     def _take(
         self,
