@@ -1,10 +1,12 @@
-"""Batched, streamed generation for Llama 3.2 Vision, independent of HTTP and LitServe.
+"""Llama 3.2 Vision for the workers, independent of HTTP and LitServe: loading, inputs, and static batched,
+streamed generation (the `VISIONRAG_BATCHING=static` fallback; continuous batching is server/scheduler.py).
 
 Requests that arrive together are generated in one `model.generate` call (left padding, one image per
 request as the Mllama processor wants: a list of one-image lists). Each request keeps its own
-`max_tokens`, sampling settings, stop strings and EOS: a per-row logits processor samples the rows that
-asked for sampling (greedy rows are untouched, so a greedy answer is the same alone or in a batch) and a
-per-row stopping criterion ends each row on its own. A streamer turns each step's tokens into text deltas.
+`max_tokens`, sampling settings, stop strings and EOS through the per-row objects of server/rows.py: a
+logits processor lets each non-greedy row's `RowSampler` choose its token (greedy rows are untouched, so a
+greedy answer is the same alone or in a batch), and each row's `RowText` turns its tokens into text deltas
+and says when the row is done (the streamer and the stopping criterion of `generate`).
 """
 
 from __future__ import annotations
@@ -251,17 +253,19 @@ class VisionModel:
 
 
 class _RowSampler:
-    """Per-row sampling inside a greedy `generate`: a sampling row's logits become one-hot on the token its
+    """Per-row sampling inside a greedy `generate`: a non-greedy row's logits become one-hot on the token its
     own `RowSampler` draws, so the argmax that follows picks it. Greedy rows pass through untouched."""
 
     def __init__(self, requests: Sequence[GenerationRequest]) -> None:
-        self.rows = [
-            (i, RowSampler(r.sampling)) for i, r in enumerate(requests) if r.sampling.temperature > 0
-        ]
+        samplers = [(i, RowSampler(r.sampling)) for i, r in enumerate(requests)]
+        self.rows = [(i, sampler) for i, sampler in samplers if not sampler.greedy]
+        self.prompt_length: int | None = None  # padded; the first call sees the prompt alone
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if self.prompt_length is None:
+            self.prompt_length = input_ids.shape[1]
         for i, sampler in self.rows:
-            token = sampler.pick(scores[i])
+            token = sampler.pick(scores[i], input_ids[i, self.prompt_length :].tolist())
             scores[i] = float("-inf")
             scores[i, token] = 0.0
         return scores

@@ -22,6 +22,8 @@ class RowSampler:
 
     @property
     def greedy(self) -> bool:
+        """True when `pick` is a plain argmax, so a batch may take it for all such rows at once (a sampler
+        that changes the logits, e.g. with penalties, must say False here)."""
         return self.sampling.temperature <= 0
 
     def pick(self, logits: Any, generated: Sequence[int] = ()) -> int:

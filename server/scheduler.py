@@ -55,6 +55,8 @@ class Scheduler:
         self.waiting: deque[tuple[str, GenerationRequest]] = deque()
         self.rows: list[_Row] = []  # in the order of the running batch's rows
         self.batch: RunningBatch | None = None
+        self.failed: list[tuple[str, Exception]] = []  # requests whose prefill failed, for the loop to report
+        self.prompt_lengths: dict[str, int] = {}  # waiting uid -> prompt tokens (for the token budget)
         config = model.model.config
         self.cross_layers = list(config.get_text_config(decoder=True).cross_attention_layers)
         self.patches = int(model.model.model.vision_model.num_patches)
@@ -66,6 +68,7 @@ class Scheduler:
     def cancel(self, uid: str) -> None:
         """The client went away: drop the request if waiting, retire its row at the next step if running."""
         self.waiting = deque((u, r) for u, r in self.waiting if u != uid)
+        self.prompt_lengths.pop(uid, None)
         for row in self.rows:
             if row.uid == uid:
                 row.cancelled = True
@@ -91,11 +94,17 @@ class Scheduler:
                 self._decode(out)
         return out
 
+    def take_failed(self) -> list[tuple[str, Exception]]:
+        """Requests that failed on their own (at prefill) since the last call, with why."""
+        failed, self.failed = self.failed, []
+        return failed
+
     def fail_all(self) -> list[str]:
         """After an error in a step: forget every request; their uids, to be told."""
         uids = [row.uid for row in self.rows] + [uid for uid, _ in self.waiting]
         self.rows, self.batch = [], None
         self.waiting.clear()
+        self.prompt_lengths.clear()
         return uids
 
     # -- the three phases -------------------------------------------------------------------------------
@@ -103,26 +112,35 @@ class Scheduler:
         if not self.waiting or len(self.rows) >= self.max_batch_size:
             return
         budget = sum(row.reserved for row in self.rows)
-        chosen: list[tuple[str, GenerationRequest, int]] = []
+        chosen: list[tuple[str, GenerationRequest]] = []
         while self.waiting and len(self.rows) + len(chosen) < self.max_batch_size:
             uid, request = self.waiting[0]
-            prompt = self.model.prompt_length(request)
-            need = prompt + request.sampling.max_tokens
-            if self.max_batch_tokens and (self.rows or chosen) and budget + need > self.max_batch_tokens:
-                break
-            budget += need
-            chosen.append((uid, request, prompt))
-            self.waiting.popleft()
-        if chosen:
+            if self.max_batch_tokens:
+                need = self._prompt_length(uid, request) + request.sampling.max_tokens
+                if (self.rows or chosen) and budget + need > self.max_batch_tokens:
+                    break
+                budget += need
+            chosen.append(self.waiting.popleft())
+        if not chosen:
+            return
+        try:
             self._prefill(chosen, out)
+        except Exception as exc:  # the running rows' cache is untouched: only the newcomers fail
+            log.exception("prefill of %d requests failed", len(chosen))
+            self.failed.extend((uid, exc) for uid, _ in chosen)
 
-    def _prefill(
-        self, chosen: list[tuple[str, GenerationRequest, int]], out: list[tuple[str, Delta]]
-    ) -> None:
+    def _prompt_length(self, uid: str, request: GenerationRequest) -> int:
+        if uid not in self.prompt_lengths:
+            self.prompt_lengths[uid] = self.model.prompt_length(request)
+        return self.prompt_lengths[uid]
+
+    def _prefill(self, chosen: list[tuple[str, GenerationRequest]], out: list[tuple[str, Delta]]) -> None:
         from transformers import DynamicCache
 
         model = self.model
-        requests = [request for _, request, _ in chosen]
+        for uid, _ in chosen:
+            self.prompt_lengths.pop(uid, None)
+        requests = [request for _, request in chosen]
         inputs = model.prepare(requests)
         attention = inputs["attention_mask"]
         positions = (attention.long().cumsum(-1) - 1).masked_fill(attention == 0, 0)
@@ -140,7 +158,7 @@ class Scheduler:
                 RowText(model.tokenizer, request.sampling, request.stream, n, model.eos_ids),
                 started=started,
             )
-            for (uid, request, _), n in zip(chosen, prompts, strict=True)
+            for (uid, request), n in zip(chosen, prompts, strict=True)
         ]
         first = self._pick(logits, rows)
         fresh = RunningBatch.from_prefill(

@@ -140,6 +140,8 @@ class SchedulerLoop(LitLoop):
                 for uid in scheduler.fail_all():
                     self.put_error_response(transport, senders.pop(uid), uid, exc, LoopResponseType.STREAMING)
                 continue
+            for uid, exc in scheduler.take_failed():
+                self.put_error_response(transport, senders.pop(uid), uid, exc, LoopResponseType.STREAMING)
             for uid, delta in outputs:
                 queue_id = senders[uid]
                 data = lit_api.format_encoded_response(delta.to_dict())

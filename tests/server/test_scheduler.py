@@ -157,6 +157,17 @@ def test_cancel_retires_a_running_row_and_drops_a_waiting_one(model) -> None:
     assert "b" not in answers.pieces and "a" not in answers.final
 
 
+def test_a_request_that_fails_at_prefill_fails_alone(model) -> None:
+    scheduler, answers = Scheduler(model, 8), Answers()
+    scheduler.add("good", request("q", 6))
+    answers.take(scheduler.step())
+    scheduler.add("bad", GenerationRequest(request("q", 6).messages, b"not an image", Sampling(max_tokens=6)))
+    answers.run(scheduler)
+    assert [uid for uid, _ in scheduler.take_failed()] == ["bad"] and scheduler.take_failed() == []
+    assert "bad" not in answers.pieces
+    assert answers.text("good") == alone(model, request("q", 6))[0]
+
+
 def test_seeded_sampling_is_reproducible_and_leaves_greedy_rows_alone(model) -> None:
     sampled = request("q", 10, temperature=1.5, seed=7)
     scheduler, answers = Scheduler(model, 8), Answers()
