@@ -77,11 +77,6 @@ class Scheduler:
     def busy(self) -> bool:
         return bool(self.waiting or self.rows)
 
-    @property
-    def free_slots(self) -> int:
-        """Rows that could start now without waiting (what the loop may take from LitServe's queue)."""
-        return max(0, self.max_batch_size - len(self.rows) - len(self.waiting))
-
     def step(self) -> list[tuple[str, Delta]]:
         """Admit, decode one token for every row, retire; the deltas to send, in order, per request."""
         import torch

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import queue
+import threading
 import time
 from collections.abc import Iterator
-from queue import Empty, Queue
+from queue import Queue
 from typing import Any
 
 import litserve as ls
@@ -93,8 +96,11 @@ class VisionAPI(ls.LitAPI):
 
 
 class SchedulerLoop(LitLoop):
-    """Continuous batching inside one LitServe worker: take requests while there are free slots (blocking
-    only when idle, so other workers get the rest of the queue), step the scheduler, send the deltas."""
+    """Continuous batching inside one LitServe worker. The loop thread owns the scheduler and all sending;
+    a receiver thread takes requests from LitServe's queue (a manager queue: every call is a round trip
+    to another process) only while this worker has a free slot, so other workers get the rest, and a
+    watcher thread looks at the shared cancel dict. Neither blocks a decoding step on inter-process calls,
+    which on a busy CPU cost a scheduling delay each."""
 
     def __call__(
         self,
@@ -124,30 +130,42 @@ class SchedulerLoop(LitLoop):
         callback_runner: Any,
     ) -> None:
         scheduler = lit_api.scheduler
+        inbox: queue.Queue = queue.Queue()
+        slots = threading.Semaphore(scheduler.max_batch_size)
+        forget: queue.Queue = queue.Queue()  # cancel marks this worker has acted on
+        threading.Thread(
+            target=_receive, args=(lit_api, request_queue, inbox, slots), name="receive", daemon=True
+        ).start()
+        if lit_api.cancelled is not None:
+            threading.Thread(
+                target=_watch_cancelled, args=(lit_api.cancelled, inbox, forget), name="cancels", daemon=True
+            ).start()
         senders: dict[str, int] = {}  # uid -> response queue id
-        checked = 0.0
+
+        def fail(uid: str, exc: BaseException) -> None:
+            self.put_error_response(transport, senders.pop(uid), uid, exc, LoopResponseType.STREAMING)
+            slots.release()
+
         while True:
-            self._take(lit_api, scheduler, request_queue, transport, senders)
+            self._handle(inbox, scheduler, senders, transport, slots, forget, block=not scheduler.busy)
             if not scheduler.busy:
                 continue
-            if lit_api.cancelled is not None and time.monotonic() - checked >= _CANCEL_CHECK:
-                checked = time.monotonic()
-                self._cancel(lit_api.cancelled, scheduler, senders)
             try:
                 outputs = scheduler.step()
             except Exception as exc:
                 log.exception("continuous batching step failed; failing its %d requests", len(senders))
                 for uid in scheduler.fail_all():
-                    self.put_error_response(transport, senders.pop(uid), uid, exc, LoopResponseType.STREAMING)
+                    fail(uid, exc)
                 continue
             for uid, exc in scheduler.take_failed():
-                self.put_error_response(transport, senders.pop(uid), uid, exc, LoopResponseType.STREAMING)
+                fail(uid, exc)
             for uid, delta in outputs:
                 queue_id = senders[uid]
                 data = lit_api.format_encoded_response(delta.to_dict())
                 self.put_response(transport, queue_id, uid, data, LitAPIStatus.OK, LoopResponseType.STREAMING)
                 if delta.done:
                     del senders[uid]
+                    slots.release()
                     self.put_response(
                         transport,
                         queue_id,
@@ -157,54 +175,82 @@ class SchedulerLoop(LitLoop):
                         LoopResponseType.STREAMING,
                     )
 
-    @staticmethod
-    def _cancel(cancelled: Any, scheduler: Any, senders: dict[str, int]) -> None:
-        """Retire the rows whose clients went away (their uids are in the shared dict)."""
-        try:
-            gone = [uid for uid in cancelled.keys() if uid in senders]  # noqa: SIM118 (a manager proxy)
-            for uid in gone:
-                cancelled.pop(uid, None)
-        except (OSError, EOFError):  # the manager is gone: the server is shutting down
-            return
-        for uid in gone:
-            log.info("client of %s went away; retiring its row", uid)
-            scheduler.cancel(uid)
-            del senders[uid]
-
-    def _take(
+    def _handle(
         self,
-        lit_api: VisionAPI,
+        inbox: queue.Queue,
         scheduler: Any,
-        request_queue: Queue,
-        transport: Any,
         senders: dict[str, int],
+        transport: Any,
+        slots: threading.Semaphore,
+        forget: queue.Queue,
+        block: bool,
     ) -> None:
-        """Move requests from LitServe's queue into the scheduler, as many as it has free slots."""
-        timeout = lit_api.request_timeout
-        block = not scheduler.busy
-        while scheduler.free_slots > 0:
+        """Act on what the receiver and the watcher handed over (blocking a while only when idle)."""
+        while True:
             try:
-                item = request_queue.get(timeout=_IDLE_WAIT) if block else request_queue.get_nowait()
-            except Empty:
+                message = inbox.get(timeout=_IDLE_WAIT) if block else inbox.get_nowait()
+            except queue.Empty:
                 return
             block = False
-            if item == _SENTINEL_VALUE:
+            kind = message[0]
+            if kind == "stop":
                 raise _StopLoopError()
-            queue_id, uid, queued_at, payload = item
-            if timeout not in (-1, False, None) and time.monotonic() - queued_at > timeout:
-                log.error(
-                    "request %s waited %.1f s for a worker; answering 504", uid, time.monotonic() - queued_at
-                )
-                error = HTTPException(504, "Request timed out")
+            if kind == "add":
+                _, queue_id, uid, request = message
+                senders[uid] = queue_id
+                scheduler.add(uid, request)
+            elif kind == "error":
+                _, queue_id, uid, error = message
                 self.put_response(
                     transport, queue_id, uid, error, LitAPIStatus.ERROR, LoopResponseType.STREAMING
                 )
-                continue
-            try:
-                request = lit_api.decode_request(payload)
-            except Exception as exc:
-                log.exception("could not decode request %s", uid)
-                self.put_error_response(transport, queue_id, uid, exc, LoopResponseType.STREAMING)
-                continue
-            senders[uid] = queue_id
-            scheduler.add(uid, request)
+                slots.release()
+            elif kind == "cancel":
+                for uid in message[1]:
+                    if uid in senders:
+                        log.info("client of %s went away; retiring its row", uid)
+                        scheduler.cancel(uid)
+                        del senders[uid]
+                        slots.release()
+                        forget.put(uid)
+
+
+def _receive(
+    lit_api: VisionAPI, request_queue: Queue, inbox: queue.Queue, slots: threading.Semaphore
+) -> None:
+    """Receiver thread: one request from LitServe's queue per free slot, checked and decoded, to the loop."""
+    timeout = lit_api.request_timeout
+    while True:
+        slots.acquire()
+        item = request_queue.get()
+        if item == _SENTINEL_VALUE:
+            inbox.put(("stop",))
+            return
+        queue_id, uid, queued_at, payload = item
+        waited = time.monotonic() - queued_at
+        if timeout not in (-1, False, None) and waited > timeout:
+            log.error("request %s waited %.1f s for a worker; answering 504", uid, waited)
+            inbox.put(("error", queue_id, uid, HTTPException(504, "Request timed out")))
+            continue
+        try:
+            inbox.put(("add", queue_id, uid, lit_api.decode_request(payload)))
+        except Exception as exc:
+            log.exception("could not decode request %s", uid)
+            inbox.put(("error", queue_id, uid, pickle.dumps(exc)))
+
+
+def _watch_cancelled(cancelled: Any, inbox: queue.Queue, forget: queue.Queue) -> None:
+    """Watcher thread: hand the loop the uids whose clients went away; remove the marks it acted on."""
+    while True:
+        time.sleep(_CANCEL_CHECK)  # a polling interval, not synchronisation
+        try:
+            while True:
+                try:
+                    cancelled.pop(forget.get_nowait(), None)
+                except queue.Empty:
+                    break
+            gone = list(cancelled.keys())
+        except (OSError, EOFError):  # the manager is gone: the server is shutting down
+            return
+        if gone:
+            inbox.put(("cancel", gone))
