@@ -8,7 +8,7 @@
   each step's deltas back through LitServe's transport. We use LitServe's loop hook rather than its
   `ContinuousBatchingLoop` because that one runs `step` in a thread beside the coroutine that adds requests
   (so the batch would need locks), spins without sleeping while idle, and never applies the queue timeout;
-  one synchronous loop that owns the scheduler is simpler and has none of these.
+  here one thread owns the scheduler and every send, and helper threads only hand it messages.
 
 Requests reach a worker already checked and with their image fetched (see server/spec.py), so nothing
 here can fail because of one request and take its batch-mates down with it."""
@@ -36,7 +36,7 @@ from visionrag.server.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_IDLE_WAIT = 1.0  # seconds an idle worker blocks on the queue before looking again
+_IDLE_WAIT = 1.0  # seconds an idle loop blocks on its inbox before looking again
 _CANCEL_CHECK = 0.05  # seconds between looks at the shared cancel dict while generating
 
 
