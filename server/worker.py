@@ -140,14 +140,16 @@ class SchedulerLoop(LitLoop):
             threading.Thread(
                 target=_watch_cancelled, args=(lit_api.cancelled, inbox, forget), name="cancels", daemon=True
             ).start()
+        outbox = _Outbox(self, transport)
+        threading.Thread(target=outbox.run, name="send", daemon=True).start()
         senders: dict[str, int] = {}  # uid -> response queue id
 
         def fail(uid: str, exc: BaseException) -> None:
-            self.put_error_response(transport, senders.pop(uid), uid, exc, LoopResponseType.STREAMING)
+            outbox.put(senders.pop(uid), uid, pickle.dumps(exc), LitAPIStatus.ERROR)
             slots.release()
 
         while True:
-            self._handle(inbox, scheduler, senders, transport, slots, forget, block=not scheduler.busy)
+            self._handle(inbox, scheduler, senders, outbox, slots, forget, block=not scheduler.busy)
             if not scheduler.busy:
                 continue
             try:
@@ -162,25 +164,18 @@ class SchedulerLoop(LitLoop):
             for uid, delta in outputs:
                 queue_id = senders[uid]
                 data = lit_api.format_encoded_response(delta.to_dict())
-                self.put_response(transport, queue_id, uid, data, LitAPIStatus.OK, LoopResponseType.STREAMING)
+                outbox.put(queue_id, uid, data, LitAPIStatus.OK)
                 if delta.done:
                     del senders[uid]
                     slots.release()
-                    self.put_response(
-                        transport,
-                        queue_id,
-                        uid,
-                        "",
-                        LitAPIStatus.FINISH_STREAMING,
-                        LoopResponseType.STREAMING,
-                    )
+                    outbox.put(queue_id, uid, "", LitAPIStatus.FINISH_STREAMING)
 
     def _handle(
         self,
         inbox: queue.Queue,
         scheduler: Any,
         senders: dict[str, int],
-        transport: Any,
+        outbox: _Outbox,
         slots: threading.Semaphore,
         forget: queue.Queue,
         block: bool,
@@ -201,9 +196,7 @@ class SchedulerLoop(LitLoop):
                 scheduler.add(uid, request)
             elif kind == "error":
                 _, queue_id, uid, error = message
-                self.put_response(
-                    transport, queue_id, uid, error, LitAPIStatus.ERROR, LoopResponseType.STREAMING
-                )
+                outbox.put(queue_id, uid, error, LitAPIStatus.ERROR)
                 slots.release()
             elif kind == "cancel":
                 for uid in message[1]:
@@ -213,6 +206,30 @@ class SchedulerLoop(LitLoop):
                         del senders[uid]
                         slots.release()
                         forget.put(uid)
+
+
+class _Outbox:
+    """Sender thread: every response goes out from this one thread, in order (a ZMQ transport's socket is
+    not thread-safe), while the loop thread computes the next step, as static batching's generate thread
+    does."""
+
+    def __init__(self, loop: LitLoop, transport: Any) -> None:
+        self.loop = loop
+        self.transport = transport
+        self.queue: queue.Queue = queue.Queue()
+
+    def put(self, queue_id: int, uid: str, data: Any, status: LitAPIStatus) -> None:
+        self.queue.put((queue_id, uid, data, status))
+
+    def run(self) -> None:
+        while True:
+            queue_id, uid, data, status = self.queue.get()
+            try:
+                self.loop.put_response(
+                    self.transport, queue_id, uid, data, status, LoopResponseType.STREAMING
+                )
+            except Exception:  # the API process is gone (shutting down) or the message did not pickle
+                log.exception("could not send a response for %s", uid)
 
 
 def _receive(
