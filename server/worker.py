@@ -37,7 +37,7 @@ from visionrag.server.settings import Settings
 log = logging.getLogger(__name__)
 
 _IDLE_WAIT = 1.0  # seconds an idle loop blocks on its inbox before looking again
-_CANCEL_CHECK = 0.05  # seconds between looks at the shared cancel dict while generating
+_CANCEL_CHECK = 0.25  # seconds between looks at the shared cancel dict (each look is a round trip)
 
 
 class VisionAPI(ls.LitAPI):
