@@ -87,6 +87,17 @@ class VisionServer(ls.LitServer):
                 return f"the API server process exited (code {code}; see the log above)"
         return None
 
+    def _init_manager(self, num_api_servers: int) -> Any:
+        """LitServe's manager, plus one shared dict through which the API process tells the model workers
+        which requests' clients went away (continuous batching retires those rows at the next step)."""
+        manager = super()._init_manager(num_api_servers)
+        cancelled = manager.dict()
+        for lit_api in self.litapi_connector:
+            lit_api.cancelled = cancelled
+            if lit_api.spec is not None:
+                lit_api.spec.cancelled = cancelled
+        return manager
+
     def worker_states(self) -> dict[str, str]:
         statuses = getattr(self, "workers_setup_status", None)
         return {k: str(v) for k, v in dict(statuses or {}).items()}

@@ -1,10 +1,12 @@
-"""Batched, streamed generation for Llama 3.2 Vision, independent of HTTP and LitServe.
+"""Llama 3.2 Vision for the workers, independent of HTTP and LitServe: loading, inputs, and static batched,
+streamed generation (the `VISIONRAG_BATCHING=static` fallback; continuous batching is server/scheduler.py).
 
 Requests that arrive together are generated in one `model.generate` call (left padding, one image per
 request as the Mllama processor wants: a list of one-image lists). Each request keeps its own
-`max_tokens`, sampling settings, stop strings and EOS: a per-row logits processor samples the rows that
-asked for sampling (greedy rows are untouched, so a greedy answer is the same alone or in a batch) and a
-per-row stopping criterion ends each row on its own. A streamer turns each step's tokens into text deltas.
+`max_tokens`, sampling settings, stop strings and EOS through the per-row objects of server/rows.py: a
+logits processor lets each non-greedy row's `RowSampler` choose its token (greedy rows are untouched, so a
+greedy answer is the same alone or in a batch), and each row's `RowText` turns its tokens into text deltas
+and says when the row is done (the streamer and the stopping criterion of `generate`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from visionrag.server.sampling import TokenDescriber, chosen, log_probs, penalize
+from visionrag.server.rows import RowSampler, RowText
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +181,13 @@ class VisionModel:
             for k, v in batch.items()
         }
 
+    def prompt_length(self, request: GenerationRequest) -> int:
+        """Tokens of the request's prompt (the image is one `<|image|>` token); for the scheduler's budget."""
+        text = self.processor.apply_chat_template(
+            request.messages, add_generation_prompt=True, tokenize=False
+        )
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     # -- generating --------------------------------------------------------------------------------
     def stream(self, requests: Sequence[GenerationRequest]) -> Iterator[list[Delta | None]]:
         """Yield, after every decoding step that has news for some request, one entry per request: its
@@ -190,7 +199,7 @@ class VisionModel:
         inputs = self.prepare(requests)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         sampler = _RowSampler(requests)
-        tracker = _RowTracker(self.tokenizer, requests, prompt_tokens, self.eos_ids, sampler)
+        tracker = _RowTracker(self.tokenizer, requests, prompt_tokens, self.eos_ids, sampler.samplers)
         config = GenerationConfig(
             max_new_tokens=max(r.sampling.max_tokens for r in requests),
             do_sample=False,
@@ -251,47 +260,19 @@ class VisionModel:
 
 
 class _RowSampler:
-    """Per-row sampling inside a greedy `generate`: a sampling row's logits become one-hot on a token
-    drawn from its own temperature / top-p distribution with its own generator, so the argmax that
-    follows picks it. Greedy rows pass through untouched. Before that, rows asking for logprobs keep the
-    log-softmax of their raw logits (read by `_RowTracker` once the token is chosen), and rows with
-    frequency / presence penalties get them (server/sampling.py)."""
+    """Per-row sampling inside a greedy `generate`: a non-greedy row's logits become one-hot on the token its
+    own `RowSampler` draws, so the argmax that follows picks it. Greedy rows pass through untouched."""
 
     def __init__(self, requests: Sequence[GenerationRequest]) -> None:
-        self.rows = [(i, r.sampling) for i, r in enumerate(requests) if r.sampling.temperature > 0]
-        self.penalized = [
-            (i, r.sampling)
-            for i, r in enumerate(requests)
-            if r.sampling.frequency_penalty or r.sampling.presence_penalty
-        ]
-        self.logprob_rows = [i for i, r in enumerate(requests) if r.sampling.logprobs]
-        self.logprobs: dict[int, Any] = {}  # row -> log probabilities of this step's raw logits
-        self.prompt_length: int | None = None
-        self.generators: dict[int, Any] = {}
+        self.samplers = [RowSampler(r.sampling) for r in requests]
+        self.rows = [(i, sampler) for i, sampler in enumerate(self.samplers) if not sampler.greedy]
+        self.prompt_length: int | None = None  # padded; the first call sees the prompt alone
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        if self.prompt_length is None:  # the first call sees the (padded) prompt only
+        if self.prompt_length is None:
             self.prompt_length = input_ids.shape[1]
-        for i in self.logprob_rows:
-            self.logprobs[i] = log_probs(scores[i])
-        for i, sampling in self.penalized:
-            generated = input_ids[i, self.prompt_length :]
-            scores[i] = penalize(scores[i], generated, sampling.frequency_penalty, sampling.presence_penalty)
-        for i, sampling in self.rows:
-            gen = self.generators.get(i)
-            if gen is None:
-                gen = torch.Generator(device=scores.device)
-                gen.manual_seed(sampling.seed if sampling.seed is not None else torch.seed())
-                self.generators[i] = gen
-            probs = torch.softmax(scores[i].float() / sampling.temperature, dim=-1)
-            if sampling.top_p < 1.0:
-                sorted_probs, order = torch.sort(probs, descending=True)
-                keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < sampling.top_p
-                sorted_probs = sorted_probs * keep
-                probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-            token = torch.multinomial(probs, 1, generator=gen)
+        for i, sampler in self.rows:
+            token = sampler.pick(scores[i], input_ids[i, self.prompt_length :].tolist())
             scores[i] = float("-inf")
             scores[i, token] = 0.0
         return scores
@@ -300,9 +281,9 @@ class _RowSampler:
 class _RowTracker:
     """Both the streamer and the stopping criterion of one `generate` call.
 
-    `put` (called by `generate` with each step's new tokens, before the stopping check) decodes each row
-    incrementally, applies EOS / max_tokens / stop strings / time limit, and queues the step's deltas;
-    `__call__` then tells `generate` which rows are finished."""
+    `put` (called by `generate` with each step's new tokens, before the stopping check) hands each row its
+    token (`RowText`: EOS, max_tokens, stop strings, time limit) and queues the step's deltas; `__call__`
+    then tells `generate` which rows are finished."""
 
     def __init__(
         self,
@@ -310,22 +291,13 @@ class _RowTracker:
         requests: Sequence[GenerationRequest],
         prompt_tokens: list[int],
         eos_ids: list[int],
-        sampler: _RowSampler | None = None,
+        samplers: Sequence[RowSampler],
     ) -> None:
-        self.tokenizer = tokenizer
-        self.sampler = sampler
-        self.describe = TokenDescriber(tokenizer)
-        self.samplings = [r.sampling for r in requests]
-        self.streaming = [r.stream for r in requests]
-        self.prompt_tokens = prompt_tokens
-        self.eos_ids = set(eos_ids)
-        n = len(requests)
-        self.ids: list[list[int]] = [[] for _ in range(n)]
-        self.offsets = [(0, 0)] * n  # (prefix, read) for incremental decoding
-        self.text = [""] * n  # decoded so far
-        self.emitted = [""] * n  # sent so far (text minus what may be the start of a stop string)
-        self.finished = [False] * n
-        self.token_logprobs: list[list[dict[str, Any]]] = [[] for _ in range(n)]  # not yet on a Delta
+        self.samplers = samplers  # their `last_logprobs` give the logprobs of each step's tokens
+        self.rows = [
+            RowText(tokenizer, r.sampling, r.stream, n, eos_ids)
+            for r, n in zip(requests, prompt_tokens, strict=True)
+        ]
         self.started = time.monotonic()
         self.queue: queue.Queue[Any] = queue.Queue()
         self.error: BaseException | None = None
@@ -341,16 +313,17 @@ class _RowTracker:
             raise _Cancelled
         tokens = value.reshape(-1).tolist()
         elapsed = time.monotonic() - self.started
-        step: list[Delta | None] = []
-        for i, token in enumerate(tokens):
-            step.append(None if self.finished[i] else self._advance(i, token, elapsed))
+        n = len(self.rows)
+        step = [
+            None if row.finished else row.advance(t, elapsed, n, sampler.last_logprobs)
+            for row, t, sampler in zip(self.rows, tokens, self.samplers, strict=True)
+        ]
         if any(d is not None for d in step):
             self.queue.put(step)
 
     def end(self) -> None:
-        step: list[Delta | None] = []
-        for i in range(len(self.finished)):
-            step.append(None if self.finished[i] else self._finish(i, "length"))
+        n = len(self.rows)
+        step = [None if row.finished else row.finish("length", n) for row in self.rows]
         if any(d is not None for d in step):
             self.queue.put(step)
         self.queue.put(None)
@@ -359,7 +332,7 @@ class _RowTracker:
     def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
         import torch
 
-        return torch.tensor(self.finished, dtype=torch.bool, device=input_ids.device)
+        return torch.tensor([row.finished for row in self.rows], dtype=torch.bool, device=input_ids.device)
 
     def fail(self, exc: BaseException) -> None:
         if not isinstance(exc, _Cancelled):
@@ -376,76 +349,6 @@ class _RowTracker:
                     raise self.error
                 return
             yield step
-
-    def _advance(self, i: int, token: int, elapsed: float) -> Delta | None:
-        sampling = self.samplings[i]
-        self.ids[i].append(token)
-        if token in self.eos_ids:
-            return self._finish(i, "stop")
-        if sampling.logprobs and self.sampler is not None:
-            logprob, top = chosen(self.sampler.logprobs[i], token, sampling.top_logprobs)
-            self.token_logprobs[i].append(self.describe.entry(token, logprob, top))
-        self.text[i] += self._decode(i)
-        for stop in sampling.stop:
-            cut = self.text[i].find(stop) if stop else -1
-            if cut >= 0:
-                self.text[i] = self.text[i][: max(cut, len(self.emitted[i]))]
-                return self._finish(i, "stop")
-        if len(self.ids[i]) >= sampling.max_tokens:
-            return self._finish(i, "length")
-        if sampling.time_limit is not None and elapsed >= sampling.time_limit:
-            return self._finish(i, "time_limit")
-        if not self.streaming[i]:
-            return None
-        visible = len(self.text[i]) - _held_back(self.text[i], sampling.stop)
-        delta = self.text[i][len(self.emitted[i]) : visible]
-        if not delta:
-            return None
-        self.emitted[i] += delta
-        return Delta(delta, logprobs=self._take_logprobs(i))
-
-    def _finish(self, i: int, reason: str) -> Delta:
-        self.finished[i] = True
-        delta = self.text[i][len(self.emitted[i]) :]
-        self.emitted[i] = self.text[i]
-        return Delta(
-            delta,
-            True,
-            reason,
-            int(self.prompt_tokens[i]),
-            len(self.ids[i]),
-            batch_size=len(self.finished),
-            logprobs=self._take_logprobs(i),
-        )
-
-    def _take_logprobs(self, i: int) -> list[dict[str, Any]] | None:
-        if not self.samplings[i].logprobs:
-            return None
-        taken, self.token_logprobs[i] = self.token_logprobs[i], []
-        return taken
-
-    def _decode(self, i: int) -> str:
-        """New text of row i: decode a window of recent tokens so multi-token characters come out whole
-        and spacing is right, without re-decoding the whole answer each step."""
-        ids = self.ids[i]
-        prefix, read = self.offsets[i]
-        before = self.tokenizer.decode(ids[prefix:read], skip_special_tokens=True)
-        after = self.tokenizer.decode(ids[prefix:], skip_special_tokens=True)
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            self.offsets[i] = (read, len(ids))
-            return after[len(before) :]
-        return ""
-
-
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """How many trailing characters might be the start of a stop string, and so must wait."""
-    held = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:n]):
-                held = max(held, n)
-                break
-    return held
 
 
 class _Cancelled(Exception):

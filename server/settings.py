@@ -64,6 +64,20 @@ class Settings:
     max_batch_size: int = field(
         default=8, metadata=_env("VISIONRAG_MAX_BATCH_SIZE", help="requests generated together at most")
     )
+    batching: str = field(
+        default="continuous",
+        metadata=_env(
+            "VISIONRAG_BATCHING",
+            help="continuous or static: continuous lets requests join the running batch at the next token",
+        ),
+    )
+    max_batch_tokens: int = field(
+        default=0,
+        metadata=_env(
+            "VISIONRAG_MAX_BATCH_TOKENS",
+            help="continuous batching: prompt + max_tokens summed over a batch's rows at most (0: no limit)",
+        ),
+    )
     batch_timeout: float = field(
         default=0.05,
         metadata=_env("VISIONRAG_BATCH_TIMEOUT", help="seconds a worker waits to fill a batch"),
@@ -233,6 +247,10 @@ class Settings:
             raise ConfigError(f"accelerator must be auto, cuda or cpu, not {self.accelerator!r}")
         if self.devices != "auto" and not (self.devices.isdigit() and int(self.devices) > 0):
             raise ConfigError(f"devices must be 'auto' or a positive number, not {self.devices!r}")
+        if self.batching not in ("continuous", "static"):
+            raise ConfigError(f"batching must be 'continuous' or 'static', not {self.batching!r}")
+        if self.max_batch_tokens < 0:
+            raise ConfigError("max_batch_tokens must not be negative (0 means no limit)")
         if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
             raise ConfigError(f"dtype must be auto, bf16, fp16 or fp32, not {self.dtype!r}")
         if self.host not in ("0.0.0.0", "127.0.0.1", "::"):

@@ -33,6 +33,9 @@ from visionrag.server.settings import Settings
 
 log = logging.getLogger(__name__)
 
+_CANCELLED_KEPT = 256  # entries in the shared cancel dict before old ones are pruned
+_CANCELLED_TTL = 60.0  # seconds a cancel mark is kept for a worker to see
+
 _OPENAI_FINISH = {"stop": "stop", "length": "length", "time_limit": "length"}
 
 
@@ -56,6 +59,8 @@ class VisionSpec(LitSpec):
         self.api_path = "/predict"
         self.inflight = 0
         self.metrics: Any = None  # server/metrics.py: observes each answer's final delta
+        # uid -> when its client went away; shared with the model workers (server/app.py sets it)
+        self.cancelled: Any = None
         self.created = int(time.time())
         self.add_endpoint("/predict", self.predict, ["POST"])
         self.add_endpoint("/v1/chat/completions", self.chat_completions, ["POST"])
@@ -267,6 +272,7 @@ class VisionSpec(LitSpec):
         event = asyncio.Event()
         self.response_buffer[uid] = ResponseBufferItem(event=event, response_queue=queue)
         payload = GenerationRequest(ask.messages, image.data, ask.sampling, stream=ask.stream).to_wire()
+        done = False
         try:
             self.request_queue.put((self.response_queue_id, uid, time.monotonic(), payload))
             async for data, status in self.data_streamer(queue, event, send_status=True):
@@ -277,12 +283,28 @@ class VisionSpec(LitSpec):
                 delta = json.loads(data) if isinstance(data, (str, bytes)) else data
                 if delta["done"] and self.metrics is not None:
                     self.metrics.observe_answer(delta)
+                done = bool(delta["done"])
                 yield delta
-                if delta["done"]:
+                if done:
                     return
             raise GenerationFailed("the model worker ended the answer early; see the server log")
         finally:
             self.response_buffer.pop(uid, None)
+            if not done:  # the client went away (or the answer failed): free its row in the worker
+                self._cancel(uid)
+
+    def _cancel(self, uid: str) -> None:
+        if self.cancelled is None or self.settings.batching != "continuous":
+            return
+        try:
+            now = time.monotonic()
+            self.cancelled[uid] = now
+            if len(self.cancelled) > _CANCELLED_KEPT:  # a worker that never saw the uid never removes it
+                for old, at in list(self.cancelled.items()):
+                    if now - at > _CANCELLED_TTL:
+                        self.cancelled.pop(old, None)
+        except (OSError, EOFError, BrokenPipeError):  # the manager is gone: the server is shutting down
+            log.debug("could not mark %s cancelled", uid)
 
     async def _record(self, request: Request, ask: Ask, image: LoadedImage, answer: str) -> str | None:
         """Write the interaction durably (journal) before the answer is acknowledged."""

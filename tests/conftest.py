@@ -219,6 +219,8 @@ def server_env(tiny_model_dir: Path, tiny_clip_dirs: tuple[Path, Path]) -> dict[
         "VISIONRAG_MAX_BATCH_SIZE": "8",
         "VISIONRAG_BATCH_TIMEOUT": "0.1",
         "VISIONRAG_DEFAULT_MAX_TOKENS": "16",
+        # TEST_BATCHING=static runs the server tests against the static-batching fallback
+        "VISIONRAG_BATCHING": os.environ.get("TEST_BATCHING", "continuous"),
     }
 
 

@@ -9,7 +9,8 @@ from PIL import Image
 
 from tests.checkpoints.mllama import build_tiny_mllama
 from tests.conftest import diagram_png
-from visionrag.server.generation import GenerationRequest, Sampling, VisionModel, _held_back
+from visionrag.server.generation import GenerationRequest, Sampling, VisionModel
+from visionrag.server.rows import held_back
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +77,9 @@ def test_time_limit_ends_a_row(model) -> None:
 
 
 def test_held_back_suffix() -> None:
-    assert _held_back("the end of", ("of course",)) == 2
-    assert _held_back("abc", ("x",)) == 0
-    assert _held_back("ab", ("abc", "b!")) == 2
+    assert held_back("the end of", ("of course",)) == 2
+    assert held_back("abc", ("x",)) == 0
+    assert held_back("ab", ("abc", "b!")) == 2
 
 
 def test_a_request_that_does_not_stream_gets_one_delta_with_the_same_answer(model) -> None:
