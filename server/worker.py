@@ -109,20 +109,10 @@ class SchedulerLoop(LitLoop):
     watcher thread looks at the shared cancel dict. Neither blocks a decoding step on inter-process calls,
     which on a busy CPU cost a scheduling delay each."""
 
-    def __call__(
-        self,
-        lit_api: VisionAPI,
-        device: str,
-        worker_id: int,
-        request_queue: Queue,
-        transport: Any,
-        workers_setup_status: dict[str, str],
-        callback_runner: Any,
-    ) -> None:
+    def __call__(self, lit_api: VisionAPI, *args: Any) -> None:
+        """LitServe's loop entry point; `run` takes the same arguments, named."""
         try:
-            self.run(
-                lit_api, device, worker_id, request_queue, transport, workers_setup_status, callback_runner
-            )
+            self.run(lit_api, *args)
         except _StopLoopError:  # LitServe's sentinel: the server is shutting down
             return
 
