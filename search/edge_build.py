@@ -157,7 +157,9 @@ class Builder:
             batch = ids[at : at + REPLAY_BATCH]
             records = old.retrieve(batch, with_payload=True, with_vector=True)
             if records:
-                new.update(qe.UpdateOperation.upsert_points([qe.Point(r.id, r.vector, r.payload) for r in records]))
+                new.update(
+                    qe.UpdateOperation.upsert_points([qe.Point(r.id, r.vector, r.payload) for r in records])
+                )
             found = {str(r.id) for r in records}
             gone = [i for i in batch if i not in found]
             if gone:

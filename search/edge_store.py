@@ -52,7 +52,9 @@ def build_filter(filters: Filters | None) -> qe.Filter | None:
         return None
     must: list[Any] = []
     if filters.since is not None or filters.until is not None:
-        must.append(qe.FieldCondition("created_ts", range=qe.RangeFloat(gte=filters.since, lte=filters.until)))
+        must.append(
+            qe.FieldCondition("created_ts", range=qe.RangeFloat(gte=filters.since, lte=filters.until))
+        )
     if filters.user is not None:
         must.append(qe.FieldCondition("user", match=qe.MatchValue(filters.user)))
     for tag in filters.tags:
