@@ -23,6 +23,7 @@ from visionrag.search.errors import InvalidQuery, NotFound, StoreUnavailable
 from visionrag.search.indexer import ERROR, OK, UNAVAILABLE, Indexer
 from visionrag.search.interaction import Interaction
 from visionrag.search.journal import Journal
+from visionrag.search.migrate import migrate_local_store
 from visionrag.search.store import IMAGE, TARGETS, TEXT, Filters, Probe, SchemaMismatch, open_store
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class History:
         indexer keeps retrying."""
         self.embedders.load()
         try:
+            migrate_local_store(self.settings, self.journal, self.store, self.embedders)
             self.indexer.ensure_ready()
             self.indexer.state = OK
         except (StoreUnavailable, SchemaMismatch) as exc:
