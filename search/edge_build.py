@@ -120,14 +120,16 @@ class Builder:
         t0 = time.perf_counter()
         with store._write_lock, store._lock:
             old_shard, old_folder = store._shard, store._current()
+            new_shard = None
             try:
                 new_shard = qe.EdgeShard.load(str(folder))
                 replayed = self._replay(old_shard, new_shard, sorted(store._dirty or ()))
                 new_shard.flush()
             except Exception as exc:
                 log.warning("HNSW build of %s not swapped in: %s", store.root, exc)
-                with contextlib.suppress(Exception):
-                    new_shard.close()
+                if new_shard is not None:
+                    with contextlib.suppress(Exception):
+                        new_shard.close()
                 self._discard(folder)
                 return
             store._set_current(folder)

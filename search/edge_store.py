@@ -98,6 +98,7 @@ class EdgeStore(Store):
         self._lock = threading.RLock()  # the shard reference: open, swap, close, every call
         self._write_lock = threading.RLock()  # writes, and a shard folder being copied
         self._dirty: set[str] | None = None  # ids written while a build copies/indexes (replayed at swap)
+        self._unflushed = False  # written since the last flush (the WAL is not fsynced per write)
         self.builder = Builder(self, BUILD_MIN_NEW if build_min_new is None else build_min_new)
 
     @property
@@ -229,7 +230,7 @@ class EdgeStore(Store):
         self.builder.cancel()
         with self._write_lock, self._lock:
             self._acquire()
-            old = self._current() if self._shard is not None or self._current() else None
+            old = self._current()
             if self._shard is not None:
                 self._shard.close()
                 self._shard = None
@@ -243,6 +244,7 @@ class EdgeStore(Store):
 
     # -- points -----------------------------------------------------------------------------------
     def _touched(self, ids: Sequence[str]) -> None:
+        self._unflushed = True
         if self._dirty is not None:
             self._dirty.update(ids)
 
@@ -293,6 +295,12 @@ class EdgeStore(Store):
 
     # -- index maintenance --------------------------------------------------------------------------
     def maintain(self) -> float | None:
+        """Flush what was written since the last idle moment (durable on disk, not only in the page
+        cache), then start, watch or finish a background HNSW build."""
+        if self._unflushed:
+            with self._write_lock, self._calling("flush") as shard:
+                shard.flush()
+                self._unflushed = False
         return self.builder.step()
 
     def info(self) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""Start-up migration from the old embedded store (qdrant-client's local mode, `data_dir/qdrant`) to
+"""Start-up repair of the embedded store: the migration from the old embedded store (qdrant-client's local mode, `data_dir/qdrant`) to
 qdrant-edge (`data_dir/edge`).
 
 The journal is the truth: every journal row becomes a point again, with its payload made from the journal
@@ -7,6 +7,10 @@ CLIP on a CPU); a row the old store lacks (or with vectors of other sizes) stays
 indexer embeds it in the background. Rows deleted from the journal are not carried over. Nothing is asked;
 a crash midway leaves the rest in the backlog. The old folder is left as it was (a previous version can
 still read it); the log line says it can be deleted.
+
+`repair_index` covers the other gap: the embedded engine writes its WAL without an fsync per batch (that
+would stall searches ~100 ms each time), so after a power loss the store may lack points the journal marks
+indexed; those rows go back to the backlog.
 """
 
 from __future__ import annotations
@@ -112,3 +116,23 @@ def _old_vectors(
         ):
             out[str(record.id)] = (image, text)
     return out
+
+
+def repair_index(journal: Journal, store: Store, max_attempts: int, batch: int = 1024) -> int:
+    """Put rows marked indexed whose points are missing back into the backlog; returns how many. Cheap
+    when nothing is missing (one count); a full id check otherwise."""
+    waiting, _, failed = journal.backlog_stats(max_attempts)
+    if store.count() >= journal.count() - waiting - failed:
+        return 0
+    ids = journal.ids()
+    missing: list[str] = []
+    for at in range(0, len(ids), batch):
+        part = ids[at : at + batch]
+        present = store.retrieve(part)
+        missing += [i for i in part if i not in present]
+    journal.mark_unindexed(missing)  # rows not yet indexed are unchanged by this
+    if missing:
+        log.warning(
+            "%d journaled interactions were missing from %s: indexing them again", len(missing), store.where
+        )
+    return len(missing)

@@ -61,3 +61,17 @@ def test_old_local_store_is_rebuilt_from_the_journal(settings, shared_embedders,
     caplog.clear()
     with History(settings, embedders=shared_embedders) as again:  # migrated once only
         assert "rebuilding" not in caplog.text and again.store.count() == 4
+
+
+def test_points_lost_from_the_store_are_indexed_again_at_start(settings, shared_embedders, caplog) -> None:
+    items = [interaction(f"answer {n}") for n in range(3)]
+    with History(settings, embedders=shared_embedders) as history:
+        for n, item in enumerate(items):
+            history.record(item, diagram(n))
+        wait_for(lambda: history.status()["backlog"] == 0 and history.store.count() == 3, what="3 indexed")
+        history.store.delete([items[1].id])  # what a power loss before the WAL reached the disk looks like
+    caplog.set_level(logging.WARNING, logger="visionrag.search.migrate")
+    with History(settings, embedders=shared_embedders) as history:
+        assert "1 journaled interactions were missing" in caplog.text
+        wait_for(lambda: history.store.count() == 3, what="the lost point indexed again")
+        assert history.search(None, diagram(1), limit=1, against="images")[0]["id"] == items[1].id
