@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 # per MAX_SIM query on the 2-core box, so 2,000 plain points add at most ~5 ms to a search, while a build
 # (copy + child + swap) costs seconds of background CPU: see BENCHMARKS.md. 0 turns building off.
 BUILD_MIN_NEW = 2000
+NICE = 10  # the child's priority increment: the server's searches and requests come first
 POLL_SECONDS = 1.0  # how often the idle indexer looks at a running build
 REPLAY_BATCH = 256
 
@@ -48,6 +49,7 @@ class Builder:
     def __init__(self, store: EdgeStore, min_new: int) -> None:
         self.store = store
         self.min_new = min_new
+        self.nice = NICE
         self.proc: subprocess.Popen | None = None
         self.folder: Path | None = None
         self.started_at = 0.0
@@ -99,7 +101,7 @@ class Builder:
         log.info("building the HNSW index of %s in the background (%d new points)", store.root, new)
         with open(store.root / "build.log", "w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "visionrag.search.edge_build", str(folder)],
+                [sys.executable, "-m", "visionrag.search.edge_build", str(folder), str(self.nice)],
                 stdout=subprocess.DEVNULL,
                 stderr=err,
             )
@@ -186,7 +188,7 @@ class Builder:
 def main(argv: list[str]) -> int:
     """The child: load the copy, build its HNSW index, flush, exit."""
     with contextlib.suppress(OSError):
-        os.nice(10)  # the server's searches and requests come first
+        os.nice(int(argv[1]) if len(argv) > 1 else NICE)
     shard = qe.EdgeShard.load(argv[0])
     shard.optimize()
     shard.flush()
