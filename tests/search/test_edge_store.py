@@ -133,3 +133,19 @@ def test_leftover_generation_is_removed_on_open(store: EdgeStore, settings) -> N
     reopened = EdgeStore(settings)
     assert reopened.count() == 1 and not stale.exists()
     reopened.close()
+
+
+def test_idle_indexer_builds_the_index_and_searches_go_on(settings, shared_embedders) -> None:
+    from tests.search.helpers import diagram, interaction
+    from visionrag.search.history import History
+
+    with History(settings, embedders=shared_embedders) as history:
+        history.store.builder.min_new = 20
+        history.indexer.idle_wait = 0.2  # the indexer looks at the store's maintenance this often when idle
+        items = [interaction(f"answer {n}") for n in range(24)]
+        for n, item in enumerate(items):
+            history.record(item, diagram(n))
+        builder = history.store.builder
+        wait_for(lambda: "swap_s" in (builder.last or {}), timeout=180, what="the HNSW build")
+        assert history.store.info()["indexed_vectors"] >= 48
+        assert history.search(None, diagram(5), limit=1, against="images")[0]["id"] == items[5].id
