@@ -4,7 +4,7 @@ qdrant-edge builds HNSW only in `optimize()`, synchronously, and holds the GIL a
 78 s for 10k points on the 2-core box, during which no other Python thread ran, so no search, no request,
 no indexing). So the build never runs in the server process:
 
-1. when the indexer is idle and at least BUILD_MIN_NEW points are not in the HNSW graph yet, `Builder.step`
+1. when the indexer is idle and enough points are not in the HNSW graph yet (see BUILD_MIN_NEW), `Builder.step`
    flushes the live shard and copies its folder to the next generation (writes wait for the copy, searches
    do not), and starts `python -m visionrag.search.edge_build <copy>` at low priority;
 2. meanwhile searches and the indexer use the live shard; every id written is remembered;
@@ -34,10 +34,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Unindexed points that trigger a build. A plain (brute-force) segment costs about 2-3 ms per 1,000 points
-# per MAX_SIM query on the 2-core box, so 2,000 plain points add at most ~5 ms to a search, while a build
-# (copy + child + swap) costs seconds of background CPU: see BENCHMARKS.md. 0 turns building off.
+# Unindexed points that trigger a build: max(BUILD_MIN_NEW, BUILD_FRACTION x points in the graph). A plain
+# (brute-force) segment costs about 2.4-4 ms per 1,000 points per MAX_SIM query on the 2-core box, and a
+# build re-merges the whole shard (measured: 94 s for 4,000 points, then 49 s for each +1,000), so its cost
+# grows with the shard: building every 5 % keeps the plain part small (5k points at 100k: 12-20 ms) and the
+# amortised build cost per new point (~20 x one build's per-point cost) well below its CLIP embedding.
+# See BENCHMARKS.md. BUILD_MIN_NEW = 0 turns building off.
 BUILD_MIN_NEW = 2000
+BUILD_FRACTION = 0.05
 NICE = 10  # the child's priority increment: the server's searches and requests come first
 POLL_SECONDS = 1.0  # how often the idle indexer looks at a running build
 REPLAY_BATCH = 256
@@ -57,16 +61,21 @@ class Builder:
         self._skip_below = 0  # after a failed build: wait for more new points before trying again
 
     def unindexed(self) -> int:
+        return self._counts()[1]
+
+    def _counts(self) -> tuple[int, int]:
+        """(points in the HNSW graph, points outside it)."""
         info = self.store.info()
-        return max(0, info["points"] - info["indexed_vectors"] // 2)  # two named vectors per point
+        indexed = info["indexed_vectors"] // 2  # two named vectors per point
+        return indexed, max(0, info["points"] - indexed)
 
     def step(self) -> float | None:
         """Start, watch or finish a build; seconds until the next call is wanted, None when no build runs."""
         if self.proc is None:
             if self.min_new <= 0 or not self.store.collection_exists():
                 return None
-            new = self.unindexed()
-            if new < max(self.min_new, self._skip_below):
+            indexed, new = self._counts()
+            if new < max(self.min_new, int(BUILD_FRACTION * indexed), self._skip_below):
                 return None
             self.start(new)
             return POLL_SECONDS
