@@ -5,7 +5,9 @@ so indexing twice overwrites instead of duplicating), two named vectors:
 * `text`: the CLIP text embeddings of the answer's windows (multivector, cosine, MAX_SIM), see embedders.py.
 
 One module per engine implements `Store`: edge_store.py (qdrant-edge, Qdrant's engine embedded in this
-process: the default) and server_store.py (qdrant-client, for QDRANT_URL: a Qdrant server or Qdrant Cloud). `open_store` picks one from the config; nothing else in search/ knows which it talks to.
+process: the default) and server_store.py (qdrant-client, for QDRANT_URL: a Qdrant server or Qdrant Cloud;
+its local mode only reads data dirs of earlier versions and serves the side-by-side benchmark).
+`open_store` picks one from the config; nothing else in search/ knows which it talks to.
 Every failure to reach the store becomes `StoreUnavailable`, which the indexer answers with backoff and retry.
 """
 
