@@ -26,6 +26,7 @@ from visionrag.search.errors import InvalidQuery, NotFound, StoreUnavailable
 from visionrag.search.indexer import ERROR, OK, UNAVAILABLE, Indexer
 from visionrag.search.interaction import Interaction
 from visionrag.search.journal import Journal
+from visionrag.search.migrate import migrate_local_store, repair_index
 from visionrag.search.shared import SharedReads, writer_id
 from visionrag.search.store import (
     IMAGE,
@@ -125,7 +126,10 @@ class History:
         indexer keeps retrying."""
         self.embedders.load()
         try:
+            migrate_local_store(self.settings, self.journal, self.store, self.embedders)
             self.indexer.ensure_ready()
+            if self.store.embedded:
+                repair_index(self.journal, self.store, self.indexer.max_attempts)
             self.indexer.state = OK
         except (StoreUnavailable, SchemaMismatch) as exc:
             log.warning("history index not ready: %s (answers are journaled and indexed later)", exc)

@@ -186,7 +186,15 @@ class Indexer:
                 log.info("vector store %s is available", self.store.where)
             self.state, self.last_error, delay = OK, None, self.backoff[0]
             if done == 0:
-                self._wake.wait(self.idle_wait)
+                self._wake.wait(min(self.idle_wait, self._maintain() or self.idle_wait))
+
+    def _maintain(self) -> float | None:
+        """Idle time is the store's (the embedded engine's HNSW build); its failure never stops indexing."""
+        try:
+            return self.store.maintain()
+        except Exception:
+            log.exception("store maintenance failed")
+            return None
 
     def _failed(self, state: str, exc: Exception, wait: float) -> None:
         if self.state != state or self.last_error != str(exc):

@@ -319,6 +319,12 @@ class Journal:
             (error[:1000], *ids),
         )
 
+    def mark_unindexed(self, ids: Sequence[str]) -> None:
+        """These rows' points are missing from the store (lost in a crash): index them again."""
+        if ids:
+            marks = ",".join("?" * len(ids))
+            self._write(f"UPDATE interactions SET indexed_at = NULL WHERE id IN ({marks})", tuple(ids))
+
     def reset_index_state(self) -> None:
         """Everything becomes backlog again (reindex, or a new collection)."""
         self._write("UPDATE interactions SET indexed_at = NULL, attempts = 0, last_error = NULL")

@@ -4,8 +4,11 @@ so indexing twice overwrites instead of duplicating), two named vectors:
 * `image`: the CLIP vision embedding of the stored image copy (dense, cosine);
 * `text`: the CLIP text embeddings of the answer's windows (multivector, cosine, MAX_SIM), see embedders.py.
 
-One module per engine implements `Store`: server_store.py (qdrant-client, for QDRANT_URL: a Qdrant server
-or Qdrant Cloud; it is also a `SharedStore`, one collection for many replicas). `open_store` picks one from the config; nothing else in search/ knows which it talks to.
+One module per engine implements `Store`: edge_store.py (qdrant-edge, Qdrant's engine embedded in this
+process: the default) and server_store.py (qdrant-client, for QDRANT_URL: a Qdrant server or Qdrant Cloud;
+it is also a `SharedStore`, one collection for many replicas; its local mode only reads data dirs of
+earlier versions and serves the side-by-side benchmark). `open_store` picks one from the config; nothing
+else in search/ knows which it talks to.
 Every failure to reach the store becomes `StoreUnavailable`, which the indexer answers with backoff and retry.
 """
 
@@ -121,6 +124,15 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def maintain(self) -> float | None:
+        """Background upkeep, called by the indexer when it is idle (the embedded engine builds its HNSW
+        index here). Returns seconds until it wants the next call, None when nothing is under way."""
+        return None
+
+    def collection_exists(self) -> bool:
+        """Whether the collection exists (start-up migration); engines without a cheap answer say True."""
+        return True
+
 
 NEWEST_OFFSET_LIMIT = 10_000  # ordered scrolls cannot skip: `newest` reads the ids before its page
 
@@ -164,6 +176,10 @@ class SharedStore(Store):
 
 def open_store(config: HistoryConfig) -> Store:
     """The engine for this config: a Qdrant server / Cloud with QDRANT_URL, the embedded store otherwise."""
+    if config.embedded_store:
+        from visionrag.search.edge_store import EdgeStore
+
+        return EdgeStore(config)
     from visionrag.search.server_store import ServerStore
 
     return ServerStore(config)

@@ -20,6 +20,10 @@ reused after). Every loop is bounded in count and in time; every socket is on 12
            sent when the indexer is idle (the request-path cost: the journal write). "back-to-back": blocks
            of requests with no pause, so the indexer embeds the previous answers while the next ones are
            generated on the same cores (the honest cost under sustained load).
+5. engines: the old local mode and qdrant-edge side by side at 1k, 10k and 100k (issue 12): the same journal
+           and points in both, upsert throughput, qdrant-edge's HNSW build (copy, child, swap), RSS growth, and
+           `History.search` p50/p95 (CLIP query embedding included) per query kind x against x filter.
+           `--parts engines` runs it alone (~20 min on 2 cores).
 4. fresh:  time from a /predict response to the first /history/search (text = the exact answer) whose
            results contain that interaction.
 The summary table is printed last.
@@ -399,6 +403,190 @@ def bench_search(
             history.close()
 
 
+# -- 5. engines side by side -------------------------------------------------------------------------------
+def label(size: int) -> str:
+    return f"{size // 1000}k" if size >= 1000 else str(size)
+
+
+def rss_mb() -> float:
+    """Resident memory of this process (the API process in a server), MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_engines(
+    work: Path, fill_root: Path, text: Path, vision: Path, sizes: list[int], queries: int, local_queries: int
+) -> None:
+    """The old local mode (qdrant-client `QdrantClient(path=...)`) and qdrant-edge on the same journal and the
+    same points: upsert throughput, HNSW build, RSS growth, and `History.search` latency (CLIP query embedding
+    included) for text/image queries against answers/images/both, unfiltered and filtered (user + since)."""
+    from visionrag.search.edge_store import EdgeStore
+    from visionrag.search.embedders import Embedders
+    from visionrag.search.history import History
+    from visionrag.search.server_store import ServerStore
+
+    emb = Embedders(settings_for(work / "unused", text, vision))
+    emb.load()
+    rng = random.Random(5)
+    chunk_pool = [len(emb.chunks(answer_text(rng))) for _ in range(200)]
+    text_queries = [" ".join(rng.choices(WORDS, k=rng.randint(4, 12))) for _ in range(queries)]
+    image_queries = [Image.open(io.BytesIO(diagram(60_000 + i))).convert("RGB") for i in range(queries)]
+    for size in sizes:
+        data = fill_root / f"engines-{size}"
+        shutil.rmtree(data, ignore_errors=True)
+        history = History(settings_for(data, text, vision), embedders=emb)
+        edge = history.store
+        assert isinstance(edge, EdgeStore)
+        edge.builder.min_new = 0  # the bench builds explicitly, below
+        local = ServerStore(history.settings)
+        points: list[Any] = []
+        try:
+            t = time.perf_counter()
+            fill_journal_and_points(history, size, chunk_pool, rng, points)
+            log(f"engines: {size} journal rows and points made in {time.perf_counter() - t:.0f} s")
+            for name, store, n_queries in (("local", local, local_queries), ("edge", edge, queries)):
+                history.store = store
+                rss0 = rss_mb()
+                store.ensure_collection(emb.image_dim, emb.text_dim)
+                t = time.perf_counter()
+                batch = 2048 if name == "local" else 256
+                for at in range(0, size, batch):
+                    store.upsert(points[at : at + batch])
+                upsert_s = time.perf_counter() - t
+                row("engines", f"{label(size)} {name}: upsert (points/s)", f"{size / upsert_s:.0f}")
+                if store.count() != size:
+                    raise SystemExit(f"{name} holds {store.count()} points, expected {size}")
+                if name == "edge":  # first brute force (all points in a plain segment), then with HNSW
+                    for cell, value in cells(
+                        history, text_queries, image_queries, min(queries, 5), size
+                    ).items():
+                        row("engines", f"{label(size)} edge, no HNSW yet: {cell} (p50 / p95 ms)", value)
+                    edge.builder.nice = 0  # alone here: the build's own time, not its time behind searches
+                    t = time.perf_counter()
+                    built = edge.builder.build_now() or {}
+                    row(
+                        "engines",
+                        f"{label(size)} edge: HNSW build (copy / child / swap s)",
+                        f"{built.get('copy_s', 0):.1f} / {built.get('build_s', 0):.1f} / "
+                        f"{built.get('swap_s', 0):.2f} (total {time.perf_counter() - t:.0f} s)",
+                    )
+                for cell, value in cells(history, text_queries, image_queries, n_queries, size).items():
+                    row("engines", f"{label(size)} {name}: {cell} (p50 / p95 ms)", value)
+                row(
+                    "engines",
+                    f"{label(size)} {name}: RSS growth of the process (MB)",
+                    f"{rss_mb() - rss0:.0f}",
+                )
+                store.close()
+        finally:
+            history.store = edge
+            history.close()
+            local.close()
+            shutil.rmtree(data, ignore_errors=True)
+
+
+def fill_journal_and_points(
+    history: Any, count: int, chunk_pool: list[int], rng: random.Random, out: list[Any]
+) -> None:
+    """Journal rows (as record() writes them) and their points (random unit vectors, realistic multivector
+    sizes and payloads), kept in `out` so both engines get the very same points."""
+    from visionrag.search.indexer import payload_of
+    from visionrag.search.interaction import Interaction
+    from visionrag.search.journal import BacklogEntry
+    from visionrag.search.store import Point
+
+    nprng = np.random.default_rng(rng.randrange(2**32))
+    thumb = diagram(0, (64, 48))
+    start = datetime.now(UTC) - timedelta(days=30)
+    users, tagsets = ["alice", "bob", "carol", None], [(), ("er",), ("aws", "prod"), ("blueprint",)]
+    for i in range(count):
+        interaction = Interaction(
+            id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            created_at=start + timedelta(seconds=i * 25),
+            image_url=f"https://example.com/diagrams/{i}.png",
+            query=QUESTION,
+            answer=f"answer {i}",
+            model="meta-llama/Llama-3.2-11B-Vision-Instruct",
+            user=users[i % 4],
+            tags=tagsets[i % 4],
+            image_sha256=f"{i:064x}",
+        )
+        history.journal.add(interaction, thumb, "image/png")
+        image = nprng.standard_normal(512).astype(np.float32)
+        chunks = nprng.standard_normal((rng.choice(chunk_pool), 512)).astype(np.float32)
+        out.append(
+            Point(
+                id=interaction.id,
+                image=image / np.linalg.norm(image),
+                text=chunks / np.linalg.norm(chunks, axis=1, keepdims=True),
+                payload=payload_of(BacklogEntry(interaction, thumb, 0)),
+            )
+        )
+
+
+def cells(
+    history: Any,
+    text_queries: list[str],
+    image_queries: list[Image.Image],
+    n: int,
+    size: int,
+) -> dict[str, str]:
+    """p50 / p95 of `History.search` per (query kind, against, filter)."""
+    start = datetime.now(UTC) - timedelta(days=30)
+    since = (start + timedelta(seconds=size * 25 / 2)).isoformat()
+    out: dict[str, str] = {}
+    store, engine = history.store, []  # the time spent in Store.query alone, apart from the CLIP embedding
+    real_query = store.query
+
+    def timed_query(*args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return real_query(*args, **kwargs)
+        finally:
+            engine.append(time.perf_counter() - t)
+
+    store.query = timed_query
+    try:
+        _cells(history, text_queries, image_queries, n, size, since, engine, out)
+    finally:
+        del store.query
+    return out
+
+
+def _cells(
+    history: Any,
+    text_queries: list[str],
+    image_queries: list[Image.Image],
+    n: int,
+    size: int,
+    since: str,
+    engine: list[float],
+    out: dict[str, str],
+) -> None:
+    for kind in ("text", "image"):
+        for against in ("answers", "images", "both"):
+            for filtered in (False, True):
+                extra: dict[str, Any] = {"user": "alice", "since": since} if filtered else {}
+
+                def one(i: int, kind: str = kind, against: str = against, extra: dict = extra) -> list:
+                    if kind == "text":
+                        return history.search(text_queries[i], None, limit=10, against=against, **extra)
+                    return history.search(None, image_queries[i], limit=10, against=against, **extra)
+
+                if len(one(0)) != 10:
+                    raise SystemExit(f"search {kind}/{against} at {size} returned fewer than 10 results")
+                times = []
+                engine.clear()
+                for i in range(n):
+                    t = time.perf_counter()
+                    one(i % len(text_queries))
+                    times.append(time.perf_counter() - t)
+                cell = f"{kind} vs {against}{', filtered' if filtered else ''}"
+                out[cell] = f"{ms(times)} (store {ms(engine)})"
+
+
 # -- 3 and 4: the real server -------------------------------------------------------------------------------
 def data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
@@ -575,6 +763,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", type=int, default=15, help="freshness requests per round")
     p.add_argument("--hidden", type=int, default=128, help="random Mllama hidden size")
     p.add_argument("--max-tokens", type=int, default=160)
+    p.add_argument("--engine-sizes", default="1000,10000,100000", help="store sizes, engines side by side")
+    p.add_argument("--engine-queries", type=int, default=20, help="queries per cell, qdrant-edge")
+    p.add_argument("--local-queries", default="20,10,4", help="queries per cell, local mode, per engine size")
     p.add_argument("--part-budget", type=float, default=900.0, help="seconds at most per timed loop")
     args = p.parse_args(argv)
     parts = set(args.parts.split(","))
@@ -595,6 +786,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.store_dir:  # a tmpfs: give the memory back
                 for size in sizes:
                     shutil.rmtree(fill_root / f"search-{size}", ignore_errors=True)
+    if "engines" in parts:
+        fill_root = args.store_dir or work
+        fill_root.mkdir(parents=True, exist_ok=True)
+        local_n = [int(x) for x in args.local_queries.split(",")]
+        for i, size in enumerate(int(s) for s in args.engine_sizes.split(",") if s):
+            n = local_n[min(i, len(local_n) - 1)]
+            bench_engines(work, fill_root, text, vision, [size], args.engine_queries, n)
     if parts & {"answer", "fresh"}:
         with real_server(work, text, vision, args.hidden, args.max_tokens) as server:
             if "answer" in parts:

@@ -1,0 +1,209 @@
+"""Building the embedded store's HNSW index without stopping anything (a shard swap).
+
+qdrant-edge builds HNSW only in `optimize()`, synchronously, and holds the GIL all the while (measured:
+78 s for 10k points on the 2-core box, during which no other Python thread ran, so no search, no request,
+no indexing). So the build never runs in the server process:
+
+1. when the indexer is idle and enough points are not in the HNSW graph yet (see BUILD_MIN_NEW), `Builder.step`
+   flushes the live shard and copies its folder to the next generation (writes wait for the copy, searches
+   do not), and starts `python -m visionrag.search.edge_build <copy>` at low priority;
+2. meanwhile searches and the indexer use the live shard; every id written is remembered;
+3. when the child is done, the copy is loaded, the remembered ids are replayed into it from the live shard
+   (upserts and deletions), `CURRENT` is switched atomically and the old generation removed.
+
+A crash at any point leaves `CURRENT` on a complete shard (the old one until the switch); the unfinished
+copy is removed on the next open. The journal stays the truth throughout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import qdrant_edge as qe
+
+if TYPE_CHECKING:
+    from visionrag.search.edge_store import EdgeStore
+
+log = logging.getLogger(__name__)
+
+# Unindexed points that trigger a build: max(BUILD_MIN_NEW, BUILD_FRACTION x points in the graph). A plain
+# (brute-force) segment costs about 2.4-4 ms per 1,000 points per MAX_SIM query on the 2-core box, and a
+# build re-merges the whole shard (measured: 94 s for 4,000 points, then 49 s for each +1,000), so its cost
+# grows with the shard: building every 5 % keeps the plain part small (5k points at 100k: 12-20 ms) and the
+# amortised build cost per new point (~20 x one build's per-point cost) well below its CLIP embedding.
+# See BENCHMARKS.md. BUILD_MIN_NEW = 0 turns building off.
+BUILD_MIN_NEW = 2000
+BUILD_FRACTION = 0.05
+NICE = 10  # the child's priority increment: the server's searches and requests come first
+POLL_SECONDS = 1.0  # how often the idle indexer looks at a running build
+REPLAY_BATCH = 256
+
+
+class Builder:
+    """The background HNSW build of one EdgeStore; its methods run in the indexer thread."""
+
+    def __init__(self, store: EdgeStore, min_new: int) -> None:
+        self.store = store
+        self.min_new = min_new
+        self.nice = NICE
+        self.proc: subprocess.Popen | None = None
+        self.folder: Path | None = None
+        self.started_at = 0.0
+        self.last: dict[str, Any] | None = None  # the last build's numbers (for logs, benchmarks)
+        self._skip_below = 0  # after a failed build: wait for more new points before trying again
+
+    def unindexed(self) -> int:
+        return self._counts()[1]
+
+    def _counts(self) -> tuple[int, int]:
+        """(points in the HNSW graph, points outside it)."""
+        info = self.store.info()
+        indexed = info["indexed_vectors"] // 2  # two named vectors per point
+        return indexed, max(0, info["points"] - indexed)
+
+    def step(self) -> float | None:
+        """Start, watch or finish a build; seconds until the next call is wanted, None when no build runs."""
+        if self.proc is None:
+            if self.min_new <= 0 or not self.store.collection_exists():
+                return None
+            indexed, new = self._counts()
+            if new < max(self.min_new, int(BUILD_FRACTION * indexed), self._skip_below):
+                return None
+            self.start(new)
+            return POLL_SECONDS
+        if self.proc.poll() is None:
+            return POLL_SECONDS
+        self.finish()
+        return None
+
+    def build_now(self) -> dict[str, Any] | None:
+        """Build in the calling thread's time (benchmarks, tools); searches keep running meanwhile."""
+        if self.proc is None:
+            self.start(self.unindexed())
+        assert self.proc is not None
+        self.proc.wait()
+        self.finish()
+        return self.last
+
+    def start(self, new: int) -> None:
+        store = self.store
+        t0 = time.perf_counter()
+        with store._write_lock:
+            with store._lock:
+                live = store._current()
+                shard = store._open()
+                if live is None or shard is None:
+                    return
+                shard.flush()
+            folder = store._next_folder()
+            shutil.copytree(live, folder)
+            store._dirty = set()
+        copy_s = time.perf_counter() - t0
+        log.info("building the HNSW index of %s in the background (%d new points)", store.root, new)
+        with open(store.root / "build.log", "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "visionrag.search.edge_build", str(folder), str(self.nice)],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        self.folder, self.started_at = folder, time.perf_counter()
+        self.last = {"new_points": new, "copy_s": copy_s}
+
+    def finish(self) -> None:
+        store, proc, folder = self.store, self.proc, self.folder
+        assert proc is not None and folder is not None
+        self.proc, self.folder = None, None
+        build_s = time.perf_counter() - self.started_at
+        if proc.returncode != 0:
+            tail = (store.root / "build.log").read_text(errors="replace")[-500:]
+            log.warning("HNSW build of %s failed (exit %s): %s", store.root, proc.returncode, tail)
+            self._discard(folder)
+            self._skip_below = self.unindexed() + self.min_new
+            return
+        t0 = time.perf_counter()
+        with store._write_lock, store._lock:
+            old_shard, old_folder = store._shard, store._current()
+            new_shard = None
+            try:
+                new_shard = qe.EdgeShard.load(str(folder))
+                replayed = self._replay(old_shard, new_shard, sorted(store._dirty or ()))
+                new_shard.flush()
+            except Exception as exc:
+                log.warning("HNSW build of %s not swapped in: %s", store.root, exc)
+                if new_shard is not None:
+                    with contextlib.suppress(Exception):
+                        new_shard.close()
+                self._discard(folder)
+                return
+            store._set_current(folder)
+            store._shard, store._dirty = new_shard, None
+            if old_shard is not None:
+                old_shard.close()
+        if old_folder is not None:
+            shutil.rmtree(old_folder, ignore_errors=True)
+        self._skip_below = 0
+        assert self.last is not None
+        self.last.update(build_s=build_s, swap_s=time.perf_counter() - t0, replayed=replayed)
+        log.info(
+            "HNSW index of %s swapped in: copy %.1f s, build %.1f s, swap %.2f s (%d points replayed)",
+            store.root,
+            self.last["copy_s"],
+            build_s,
+            self.last["swap_s"],
+            replayed,
+        )
+
+    @staticmethod
+    def _replay(old: qe.EdgeShard | None, new: qe.EdgeShard, ids: list[str]) -> int:
+        """Bring the new generation up to date with what the live one received during the build."""
+        if old is None:
+            return 0
+        for at in range(0, len(ids), REPLAY_BATCH):
+            batch = ids[at : at + REPLAY_BATCH]
+            records = old.retrieve(batch, with_payload=True, with_vector=True)
+            if records:
+                new.update(
+                    qe.UpdateOperation.upsert_points([qe.Point(r.id, r.vector, r.payload) for r in records])
+                )
+            found = {str(r.id) for r in records}
+            gone = [i for i in batch if i not in found]
+            if gone:
+                new.update(qe.UpdateOperation.delete_points(gone))
+        return len(ids)
+
+    def _discard(self, folder: Path) -> None:
+        self.store._dirty = None
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def cancel(self) -> None:
+        """Stop a running build (close, recreate): the copy is thrown away."""
+        proc, folder = self.proc, self.folder
+        if proc is None or folder is None:
+            return
+        self.proc, self.folder = None, None
+        proc.kill()
+        proc.wait()
+        self._discard(folder)
+
+
+def main(argv: list[str]) -> int:
+    """The child: load the copy, build its HNSW index, flush, exit."""
+    with contextlib.suppress(OSError):
+        os.nice(int(argv[1]) if len(argv) > 1 else NICE)
+    shard = qe.EdgeShard.load(argv[0])
+    shard.optimize()
+    shard.flush()
+    shard.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,314 @@
+"""The embedded engine of the history's collection (`Store`): qdrant-edge, Qdrant's own Rust engine in this
+process (named vectors, MAX_SIM multivectors, payload indexes, weighted RRF, a WAL, HNSW).
+
+On disk, under `data_dir/edge/<collection>/`:
+
+* `LOCK`: held (flock) while a process has the store open, so a second process gets a clear
+  StoreUnavailable instead of a second writer;
+* `meta.json`: the vector sizes the collection was created with (checked against the CLIP models);
+* `CURRENT`: the name of the live shard folder (`g000001`, `g000002`, ...), replaced atomically when a
+  background HNSW build swaps in a new generation (see edge_build.py); other folders are leftovers of an
+  interrupted build and are removed on open.
+
+qdrant-edge holds the GIL in every call, so calls are atomic for Python threads; the locks here order
+the state changes (open, swap, close) and keep writes out of a shard folder while it is being copied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import qdrant_edge as qe
+
+from visionrag.search.config import HistoryConfig
+from visionrag.search.errors import StoreUnavailable
+from visionrag.search.store import IMAGE, RRF_K, TEXT, Filters, Point, Probe, SchemaMismatch, Store
+
+log = logging.getLogger(__name__)
+
+EDGE_DIR = "edge"  # data_dir/edge: never the old local-mode folder (data_dir/qdrant)
+PAYLOAD_INDEXES = (
+    ("user", qe.PayloadSchemaType.Keyword),
+    ("tags", qe.PayloadSchemaType.Keyword),
+    ("created_ts", qe.PayloadSchemaType.Float),
+)
+# HNSW graph parameters (Qdrant's defaults); full_scan_threshold in KB: a filter that leaves fewer vectors
+# than this is scored exactly through the payload index instead of walking the graph.
+HNSW = {"m": 16, "ef_construct": 100, "full_scan_threshold": 10_000}
+
+
+def build_filter(filters: Filters | None) -> qe.Filter | None:
+    """qdrant-edge's form of the engine-neutral filters."""
+    if not filters:
+        return None
+    must: list[Any] = []
+    if filters.since is not None or filters.until is not None:
+        must.append(
+            qe.FieldCondition("created_ts", range=qe.RangeFloat(gte=filters.since, lte=filters.until))
+        )
+    if filters.user is not None:
+        must.append(qe.FieldCondition("user", match=qe.MatchValue(filters.user)))
+    for tag in filters.tags:
+        must.append(qe.FieldCondition("tags", match=qe.MatchValue(tag)))
+    return qe.Filter(must=must)
+
+
+def edge_config(image_dim: int, text_dim: int) -> qe.EdgeConfig:
+    return qe.EdgeConfig(
+        vectors={
+            IMAGE: qe.EdgeVectorParams(image_dim, qe.Distance.Cosine),
+            TEXT: qe.EdgeVectorParams(
+                text_dim,
+                qe.Distance.Cosine,
+                multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
+            ),
+        },
+        hnsw_config=qe.HnswIndexConfig(**HNSW),
+        # the optimizer runs only when we call it (edge_build.py decides when): index whatever is plain then
+        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1),
+    )
+
+
+def _vectors(point: Point) -> dict[str, Any]:
+    return {IMAGE: [float(x) for x in point.image], TEXT: [[float(x) for x in v] for v in point.text]}
+
+
+class EdgeStore(Store):
+    """The embedded store. `maintain()` (called by the indexer when idle) builds the HNSW index in a
+    child process on a copy of the shard and swaps it in, see edge_build.py."""
+
+    embedded = True
+
+    def __init__(self, settings: HistoryConfig, build_min_new: int | None = None) -> None:
+        from visionrag.search.edge_build import BUILD_MIN_NEW, Builder
+
+        self.settings = settings
+        self.root = settings.data_dir / EDGE_DIR / settings.collection_name
+        self._shard: qe.EdgeShard | None = None
+        self._lock_file: IO[str] | None = None
+        self._lock = threading.RLock()  # the shard reference: open, swap, close, every call
+        self._write_lock = threading.RLock()  # writes, and a shard folder being copied
+        self._dirty: set[str] | None = None  # ids written while a build copies/indexes (replayed at swap)
+        self._unflushed = False  # written since the last flush (the WAL is not fsynced per write)
+        self.builder = Builder(self, BUILD_MIN_NEW if build_min_new is None else build_min_new)
+
+    @property
+    def where(self) -> str:
+        return str(self.root)
+
+    # -- files ------------------------------------------------------------------------------------
+    def _current(self) -> Path | None:
+        try:
+            name = (self.root / "CURRENT").read_text().strip()
+        except FileNotFoundError:
+            return None
+        return self.root / name if name else None
+
+    def _set_current(self, folder: Path) -> None:
+        tmp = self.root / "CURRENT.tmp"
+        with open(tmp, "w") as f:
+            f.write(folder.name + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.root / "CURRENT")
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _next_folder(self) -> Path:
+        numbers = [int(p.name[1:]) for p in self.root.glob("g[0-9]*") if p.name[1:].isdigit()]
+        return self.root / f"g{max(numbers, default=0) + 1:06d}"
+
+    def _meta(self) -> dict[str, int] | None:
+        try:
+            return json.loads((self.root / "meta.json").read_text())
+        except FileNotFoundError:
+            return None
+
+    # -- opening ----------------------------------------------------------------------------------
+    def _acquire(self) -> None:
+        """Take the folder lock (once per store object)."""
+        if self._lock_file is not None:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        f = open(self.root / "LOCK", "a+")  # noqa: SIM115 (held open for the life of the store)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            f.close()
+            raise StoreUnavailable(
+                f"the embedded store {self.root} is in use by another process; stop it (the server) or set "
+                f"QDRANT_URL ({exc})"
+            ) from exc
+        self._lock_file = f
+        live = self._current()
+        for stale in self.root.glob("g[0-9]*"):  # an interrupted build's copy
+            if live is None or stale.name != live.name:
+                shutil.rmtree(stale, ignore_errors=True)
+
+    def _open(self) -> qe.EdgeShard | None:
+        """The live shard, loading it on first use; None while the collection does not exist."""
+        if self._shard is None:
+            self._acquire()
+            folder = self._current()
+            if folder is not None:
+                try:
+                    self._shard = qe.EdgeShard.load(str(folder))
+                except Exception as exc:  # a held WAL, unreadable segments
+                    raise StoreUnavailable(f"cannot open the embedded store {folder}: {exc}") from exc
+        return self._shard
+
+    @contextlib.contextmanager
+    def _calling(self, what: str) -> Iterator[qe.EdgeShard]:
+        """The live shard for one call, translating engine errors into StoreUnavailable."""
+        with self._lock:
+            shard = self._open()
+            if shard is None:
+                raise StoreUnavailable(f"the embedded store {self.root} has no collection yet ({what})")
+            try:
+                yield shard
+            except (StoreUnavailable, SchemaMismatch):
+                raise
+            except Exception as exc:  # qdrant-edge raises plain Exception with the engine's message
+                raise StoreUnavailable(f"embedded store {self.root} failed to {what}: {exc}") from exc
+
+    def collection_exists(self) -> bool:
+        with self._lock:
+            return self._open() is not None
+
+    def close(self) -> None:
+        self.builder.cancel()
+        with self._write_lock, self._lock:
+            if self._shard is not None:
+                with contextlib.suppress(Exception):
+                    self._shard.close()
+                self._shard = None
+            if self._lock_file is not None:
+                self._lock_file.close()  # releases the flock
+                self._lock_file = None
+
+    # -- collection -------------------------------------------------------------------------------
+    def ensure_collection(self, image_dim: int, text_dim: int) -> bool:
+        with self._write_lock, self._lock:
+            if self._open() is None:
+                self._create(image_dim, text_dim)
+                return True
+            have, want = self._meta() or {}, {IMAGE: image_dim, TEXT: text_dim}
+            if have != want:
+                raise SchemaMismatch(
+                    f"collection {self.settings.collection_name!r} has vectors {have} but the CLIP models give "
+                    f"{want}; run `visionrag reindex` to rebuild it"
+                )
+            return False
+
+    def _create(self, image_dim: int, text_dim: int) -> None:
+        """A new, empty shard generation with the payload indexes, made current."""
+        folder = self._next_folder()
+        try:
+            shard = qe.EdgeShard.create(str(folder), edge_config(image_dim, text_dim))
+            for key, kind in PAYLOAD_INDEXES:
+                shard.update(qe.UpdateOperation.create_field_index(key, kind))
+            shard.flush()
+        except Exception as exc:
+            raise StoreUnavailable(f"cannot create the embedded store in {folder}: {exc}") from exc
+        (self.root / "meta.json").write_text(json.dumps({IMAGE: image_dim, TEXT: text_dim}))
+        self._set_current(folder)
+        self._shard = shard
+
+    def recreate(self, image_dim: int, text_dim: int) -> None:
+        self.builder.cancel()
+        with self._write_lock, self._lock:
+            self._acquire()
+            old = self._current()
+            if self._shard is not None:
+                self._shard.close()
+                self._shard = None
+            self._create(image_dim, text_dim)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def count(self) -> int:
+        with self._calling("count") as shard:
+            return shard.count(qe.CountRequest(exact=True))
+
+    # -- points -----------------------------------------------------------------------------------
+    def _touched(self, ids: Sequence[str]) -> None:
+        self._unflushed = True
+        if self._dirty is not None:
+            self._dirty.update(ids)
+
+    def upsert(self, points: Sequence[Point]) -> None:
+        if not points:
+            return
+        op = qe.UpdateOperation.upsert_points([qe.Point(p.id, _vectors(p), p.payload) for p in points])
+        with self._write_lock, self._calling("upsert") as shard:
+            shard.update(op)
+            self._touched([p.id for p in points])
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        with self._write_lock, self._calling("delete") as shard:
+            shard.update(qe.UpdateOperation.delete_points(list(ids)))
+            self._touched(ids)
+
+    def retrieve(self, ids: Sequence[str]) -> set[str]:
+        with self._calling("retrieve") as shard:
+            return {str(r.id) for r in shard.retrieve(list(ids), with_payload=False, with_vector=False)}
+
+    def query(
+        self, probes: Sequence[Probe], filters: Filters | None, limit: int, offset: int = 0
+    ) -> list[tuple[str, float]]:
+        query_filter = build_filter(filters)
+
+        def nearest(probe: Probe) -> qe.Query:
+            vector = [float(x) for x in probe.vector]
+            return qe.Query.Nearest([vector] if probe.using == TEXT else vector, using=probe.using)
+
+        if len(probes) == 1:
+            request = qe.QueryRequest(
+                limit=limit, offset=offset, query=nearest(probes[0]), filter=query_filter, with_payload=False
+            )
+        else:
+            depth = max(offset + limit, 50)  # each list must reach past the requested page to fuse well
+            request = qe.QueryRequest(
+                limit=limit,
+                offset=offset,
+                prefetches=[qe.Prefetch(depth, query=nearest(p), filter=query_filter) for p in probes],
+                query=qe.Fusion.Rrf(RRF_K, weights=[p.weight for p in probes]),
+                filter=query_filter,
+                with_payload=False,
+            )
+        with self._calling("search") as shard:
+            return [(str(p.id), float(p.score)) for p in shard.query(request)]
+
+    # -- index maintenance --------------------------------------------------------------------------
+    def maintain(self) -> float | None:
+        """Flush what was written since the last idle moment (durable on disk, not only in the page
+        cache), then start, watch or finish a background HNSW build."""
+        if self._unflushed:
+            with self._write_lock, self._calling("flush") as shard:
+                shard.flush()
+                self._unflushed = False
+        return self.builder.step()
+
+    def info(self) -> dict[str, int]:
+        """points, indexed vectors (HNSW, both named vectors) and segments, for logs and benchmarks."""
+        with self._calling("read its info") as shard:
+            i = shard.info()
+            return {
+                "points": i.points_count,
+                "indexed_vectors": i.indexed_vectors_count,
+                "segments": i.segments_count,
+            }
