@@ -22,8 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.concurrency import run_in_threadpool
 
 from visionrag.search.interaction import Interaction
+from visionrag.server.bodies import is_multipart, read_form, read_json, validate
 from visionrag.server.errors import BadRequest, InvalidInput
-from visionrag.server.inputs import Tags, is_multipart, read_form, read_json, validate
+from visionrag.server.inputs import Tags
 
 router = APIRouter(tags=["history"])
 

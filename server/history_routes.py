@@ -16,8 +16,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from visionrag.search.errors import InvalidQuery
+from visionrag.server.bodies import is_multipart, read_form, read_json
 from visionrag.server.errors import BadRequest, InvalidInput
-from visionrag.server.inputs import is_multipart, read_form, read_json
 
 router = APIRouter(tags=["history"])
 

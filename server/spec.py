@@ -24,7 +24,7 @@ from litserve.utils import LitAPIStatus, ResponseBufferItem
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from visionrag.server import context, inputs
+from visionrag.server import bodies, context, inputs
 from visionrag.server.errors import Overloaded, VisionRAGError, openai_error, status_for
 from visionrag.server.fetch import LoadedImage
 from visionrag.server.generation import GenerationRequest
@@ -80,10 +80,10 @@ class VisionSpec(LitSpec):
     # -- endpoints ----------------------------------------------------------------------------------
     async def predict(self, request: Request) -> Response:
         """Answer a question about an image (JSON or multipart); `"stream": true` answers as NDJSON."""
-        if inputs.is_multipart(request):
-            data, upload = await inputs.read_form(request, self.settings)
+        if bodies.is_multipart(request):
+            data, upload = await bodies.read_form(request, self.settings)
         else:
-            data, upload = await inputs.read_json(request, self.settings), None
+            data, upload = await bodies.read_json(request, self.settings), None
         ask = inputs.predict_ask(data, upload, self.settings)
         async with self._admitted() as release:
             image = await self._load_image(request, ask)
@@ -111,7 +111,7 @@ class VisionSpec(LitSpec):
 
     async def chat_completions(self, request: Request) -> Response:
         """OpenAI Chat Completions with one image; `stream` answers as server-sent events."""
-        ask = inputs.chat_ask(await inputs.read_json(request, self.settings), self.settings)
+        ask = inputs.chat_ask(await bodies.read_json(request, self.settings), self.settings)
         async with self._admitted() as release:
             image = await self._load_image(request, ask)
             ask = await self._with_context(request, ask, image)
