@@ -101,10 +101,10 @@ def test_hub_json_has_the_documented_fields_and_values():
 
 def test_hub_gpus_and_cuda_match_deploy_and_the_image():
     bodies = deploy_module("bodies")
-    deploy = deploy_module("deploy")
+    options = deploy_module("options")
     config = HUB["config"]
     pools = [p.strip() for p in config["gpuIds"].split(",")]
-    assert pools == deploy.DEFAULT_POOLS  # the 48 GB pools, as deploy.py --serverless uses
+    assert pools == options.DEFAULT_POOLS  # the 48 GB pools, as deploy.py --serverless uses
     assert config["allowedCudaVersions"] == bodies.CUDA_VERSIONS
     assert TESTS["config"]["allowedCudaVersions"] == bodies.CUDA_VERSIONS
     # the image's CUDA is the lowest version allowed
