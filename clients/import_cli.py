@@ -17,7 +17,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from visionrag.clients.clitools import client_of
+from visionrag.clients.clitools import client_of, connection_options
 from visionrag.clients.errors import ConnectionFailed, Unauthorized, VisionRAGError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp")
@@ -108,6 +108,7 @@ def from_folder(folder: Path) -> Iterator[Document]:
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
+@connection_options
 @click.pass_context
 def import_command(
     ctx: click.Context, source: Path, user: str | None, tags: tuple[str, ...], quiet: bool, as_json: bool
