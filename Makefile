@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint format bench-server bench-history bench-load bench-gpu docs clean
+.PHONY: serve test lint format bench-server bench-batching bench-history bench-context bench-load bench-gpu docs clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -37,8 +37,14 @@ docs: $(VENV)/.installed
 bench-server: $(VENV)/.installed
 	$(PY) tests/bench/bench_server.py
 
+bench-batching: $(VENV)/.installed
+	$(PY) tests/bench/bench_batching.py
+
 bench-history: $(VENV)/.installed
 	$(PY) tests/bench/bench_history.py
+
+bench-context: $(VENV)/.installed
+	$(PY) tests/bench/bench_context.py
 
 bench-load: $(VENV)/.installed
 	$(PY) tests/bench/bench_load.py
