@@ -63,6 +63,20 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_mllama(tmp_path_factory.mktemp("tiny-mllama"))
 
 
+@pytest.fixture
+def history_config(tiny_clip_dirs: tuple[Path, Path], tmp_path: Path):
+    """History settings for the session's tiny CLIP, loaded offline, with a fresh data dir per test."""
+    from visionrag.search.config import HistoryConfig
+
+    text_dir, vision_dir = tiny_clip_dirs
+    return HistoryConfig(
+        text_model_path=text_dir,
+        image_model_path=vision_dir,
+        data_dir=tmp_path / "data",
+        collection_name="test_history",
+    )
+
+
 @pytest.fixture(scope="session")
 def shared_embedders(tiny_clip_dirs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory):
     """One loaded pair of CLIP models for the whole session (loading is the slow part of a History)."""

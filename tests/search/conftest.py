@@ -18,14 +18,8 @@ def tiny_clip(tiny_clip_dirs: tuple[Path, Path]) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def settings(tiny_clip: tuple[Path, Path], tmp_path: Path) -> HistoryConfig:
-    text_dir, vision_dir = tiny_clip
-    return HistoryConfig(
-        text_model_path=text_dir,
-        image_model_path=vision_dir,
-        data_dir=tmp_path / "data",
-        collection_name="test_history",
-    )
+def settings(history_config: HistoryConfig) -> HistoryConfig:
+    return history_config
 
 
 @pytest.fixture

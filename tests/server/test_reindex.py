@@ -16,14 +16,8 @@ from visionrag.server.reindex import reindex_command
 
 
 @pytest.fixture
-def settings(tiny_clip_dirs: tuple[Path, Path], tmp_path: Path) -> HistoryConfig:
-    text_dir, vision_dir = tiny_clip_dirs
-    return HistoryConfig(
-        text_model_path=text_dir,
-        image_model_path=vision_dir,
-        data_dir=tmp_path / "data",
-        collection_name="test_history",
-    )
+def settings(history_config: HistoryConfig) -> HistoryConfig:
+    return history_config
 
 
 def test_reindex_rebuilds_from_the_journal(settings, shared_embedders, monkeypatch) -> None:
