@@ -169,17 +169,22 @@ class ServerProcess:
         }
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 120.0) -> ServerProcess:
+    def spawn(self) -> ServerProcess:
+        """Start `visionrag serve` without waiting (tests that watch the loading phase call this)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [str(VISIONRAG), "serve"],
-            cwd=self.workdir,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [str(VISIONRAG), "serve"],
+                cwd=self.workdir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def start(self, timeout: float = 120.0) -> ServerProcess:
+        self.spawn()
         try:
             wait_until(self._ready, timeout, f"{self.url}/health")
         except AssertionError:

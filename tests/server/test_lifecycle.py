@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import VISIONRAG, ServerProcess, wait_until
+from tests.conftest import ServerProcess, wait_until
 
 
 def session_members(sid: int) -> list[int]:
@@ -48,16 +48,7 @@ def test_a_failed_api_process_start_stops_the_whole_server(
     broken = tmp_path / "broken-clip"  # passes preflight (a folder with a model file), fails to load
     broken.mkdir()
     (broken / "model.onnx").write_bytes(b"not an onnx graph")
-    server = ServerProcess(tmp_path, {**server_env, "TEXT_MODEL_PATH": str(broken)})
-    with server.log_path.open("ab") as log:
-        server.proc = subprocess.Popen(
-            [str(VISIONRAG), "serve"],
-            cwd=tmp_path,
-            env=server.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    server = ServerProcess(tmp_path, {**server_env, "TEXT_MODEL_PATH": str(broken)}).spawn()
     try:
         code = server.proc.wait(90)
     except subprocess.TimeoutExpired:

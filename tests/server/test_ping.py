@@ -4,7 +4,6 @@ loads, 200 when ready, 503 when broken, and never behind the API key."""
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import time
 from types import SimpleNamespace
 
@@ -14,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from litserve.utils import WorkerSetupStatus
 
-from tests.conftest import VISIONRAG, ServerProcess
+from tests.conftest import ServerProcess
 from visionrag.server.ping import ping
 
 KEY = "ping-test-key-" + "Z3k8" * 4
@@ -23,17 +22,7 @@ KEY = "ping-test-key-" + "Z3k8" * 4
 def test_ping_answers_204_while_loading_then_200_with_a_key_set(tmp_path, server_env) -> None:
     """A real server, watched from its first answer: /ping goes 204 -> 200 and never back, without a key,
     while every other route but /health still needs it."""
-    proc = ServerProcess(tmp_path, {**server_env, "VISIONRAG_API_KEY": KEY})
-    proc.workdir.mkdir(parents=True, exist_ok=True)
-    with proc.log_path.open("ab") as log:
-        proc.proc = subprocess.Popen(
-            [str(VISIONRAG), "serve"],
-            cwd=proc.workdir,
-            env=proc.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = ServerProcess(tmp_path, {**server_env, "VISIONRAG_API_KEY": KEY}).spawn()
     seen: list[int] = []
     try:
         deadline = time.monotonic() + 180
