@@ -54,11 +54,7 @@ class ContextItem:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ContextItem:
-        try:
-            score = float(data.get("score") or 0.0)
-        except (TypeError, ValueError):
-            score = 0.0
-        return cls(id=str(data.get("id", "")), score=score, query=str(data.get("query") or ""))
+        return cls(id=str(data.get("id", "")), score=_score(data), query=str(data.get("query") or ""))
 
 
 @dataclass(frozen=True)
@@ -178,11 +174,15 @@ class SearchHit:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchHit:
-        try:
-            score = float(data.get("score") or 0.0)
-        except (TypeError, ValueError):
-            score = 0.0
-        return cls(interaction=Interaction.from_dict(data), score=score)
+        return cls(interaction=Interaction.from_dict(data), score=_score(data))
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.interaction.to_dict(), "score": self.score}
+
+
+def _score(data: dict[str, Any]) -> float:
+    """A result's score; a missing or malformed one reads as 0 (the client never fails on a score)."""
+    try:
+        return float(data.get("score") or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
