@@ -212,17 +212,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def unknown_settings(names: list[str]) -> list[str]:
-    """Names that are not environment variables of server.settings.Settings (unchecked if it won't import)."""
+    """Names that are not environment variables of the server's Settings. The check needs the project
+    installed (`pip install -e .`); without it, it says so and lets the names through."""
     if not names:
         return []
-    sys.path.insert(0, str(REPO))
     try:
         from dataclasses import fields
 
         from visionrag.server.settings import Settings
-    except Exception:
+    except ImportError as exc:
+        print(f"note: --env names not checked ({exc}); `pip install -e .` enables the check", file=sys.stderr)
         return []
-    finally:
-        sys.path.remove(str(REPO))
     known = {env for f in fields(Settings) for env in f.metadata.get("env", ())}
     return [n for n in names if n not in known]
