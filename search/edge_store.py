@@ -5,7 +5,8 @@ On disk, under `data_dir/edge/<collection>/`:
 
 * `LOCK`: held (flock) while a process has the store open, so a second process gets a clear
   StoreUnavailable instead of a second writer;
-* `meta.json`: the vector sizes the collection was created with (checked against the CLIP models);
+* `meta.json`: the vector sizes the collection was created with (checked against the CLIP models) and its
+  `layout` (LAYOUT); a shard of an older layout is copied into a new one when it is opened;
 * `CURRENT`: the name of the live shard folder (`g000001`, `g000002`, ...), replaced atomically when a
   background HNSW build swaps in a new generation (see edge_build.py); other folders are leftovers of an
   interrupted build and are removed on open.
@@ -25,61 +26,25 @@ import shutil
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import qdrant_edge as qe
 
 from visionrag.search.config import HistoryConfig
+from visionrag.search.edge_schema import (
+    LAYOUT,
+    PAYLOAD_INDEXES,
+    build_filter,
+    edge_config,
+    edge_vectors,
+    search_params,
+)
 from visionrag.search.errors import StoreUnavailable
 from visionrag.search.store import IMAGE, RRF_K, TEXT, Filters, Point, Probe, SchemaMismatch, Store
 
 log = logging.getLogger(__name__)
 
 EDGE_DIR = "edge"  # data_dir/edge: never the old local-mode folder (data_dir/qdrant)
-PAYLOAD_INDEXES = (
-    ("user", qe.PayloadSchemaType.Keyword),
-    ("tags", qe.PayloadSchemaType.Keyword),
-    ("created_ts", qe.PayloadSchemaType.Float),
-)
-# HNSW graph parameters (Qdrant's defaults); full_scan_threshold in KB: a filter that leaves fewer vectors
-# than this is scored exactly through the payload index instead of walking the graph.
-HNSW = {"m": 16, "ef_construct": 100, "full_scan_threshold": 10_000}
-
-
-def build_filter(filters: Filters | None) -> qe.Filter | None:
-    """qdrant-edge's form of the engine-neutral filters."""
-    if not filters:
-        return None
-    must: list[Any] = []
-    if filters.since is not None or filters.until is not None:
-        must.append(
-            qe.FieldCondition("created_ts", range=qe.RangeFloat(gte=filters.since, lte=filters.until))
-        )
-    if filters.user is not None:
-        must.append(qe.FieldCondition("user", match=qe.MatchValue(filters.user)))
-    for tag in filters.tags:
-        must.append(qe.FieldCondition("tags", match=qe.MatchValue(tag)))
-    return qe.Filter(must=must)
-
-
-def edge_config(image_dim: int, text_dim: int) -> qe.EdgeConfig:
-    return qe.EdgeConfig(
-        vectors={
-            IMAGE: qe.EdgeVectorParams(image_dim, qe.Distance.Cosine),
-            TEXT: qe.EdgeVectorParams(
-                text_dim,
-                qe.Distance.Cosine,
-                multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
-            ),
-        },
-        hnsw_config=qe.HnswIndexConfig(**HNSW),
-        # the optimizer runs only when we call it (edge_build.py decides when): index whatever is plain then
-        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1),
-    )
-
-
-def _vectors(point: Point) -> dict[str, Any]:
-    return {IMAGE: [float(x) for x in point.image], TEXT: [[float(x) for x in v] for v in point.text]}
 
 
 class EdgeStore(Store):
@@ -167,7 +132,57 @@ class EdgeStore(Store):
                     self._shard = qe.EdgeShard.load(str(folder))
                 except Exception as exc:  # a held WAL, unreadable segments
                     raise StoreUnavailable(f"cannot open the embedded store {folder}: {exc}") from exc
+                meta = self._meta() or {}
+                if meta.get("layout", 1) != LAYOUT:
+                    self._upgrade(meta)
         return self._shard
+
+    def _upgrade(self, meta: dict[str, int]) -> None:
+        """Copy a shard of an older layout (LAYOUT) into a new generation: points and payloads as they are,
+        no CLIP needed. The old generation stays current until the copy is complete, so an interrupted
+        upgrade loses nothing and starts again at the next open."""
+        from tqdm import tqdm
+
+        old, old_folder = self._shard, self._current()
+        assert old is not None and old_folder is not None
+        self._shard = None
+        total = old.count(qe.CountRequest(exact=True))
+        log.warning(
+            "the embedded store %s has layout %s; copying its %d points into layout %d (a one-time step)",
+            self.root,
+            meta.get("layout", 1),
+            total,
+            LAYOUT,
+        )
+        folder, new = None, None
+        try:
+            folder, new = self._new_generation(meta[IMAGE], meta[TEXT])
+            offset = None
+            with tqdm(total=total, unit="point", desc="upgrade") as bar:
+                while True:
+                    request = qe.ScrollRequest(offset=offset, limit=512, with_payload=True, with_vector=True)
+                    records, offset = old.scroll(request)
+                    if records:
+                        points = [qe.Point(r.id, r.vector, r.payload) for r in records]
+                        new.update(qe.UpdateOperation.upsert_points(points))
+                        bar.update(len(records))
+                    if offset is None:
+                        break
+            new.flush()
+        except Exception as exc:
+            if new is not None:
+                with contextlib.suppress(Exception):
+                    new.close()
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise StoreUnavailable(
+                f"cannot copy the embedded store {old_folder} into layout {LAYOUT}: {exc}"
+            ) from exc
+        finally:
+            old.close()
+        self._make_current(folder, new, meta[IMAGE], meta[TEXT])
+        shutil.rmtree(old_folder, ignore_errors=True)
+        log.warning("the embedded store %s now has layout %d (%d points)", self.root, LAYOUT, total)
 
     @contextlib.contextmanager
     def _calling(self, what: str) -> Iterator[qe.EdgeShard]:
@@ -204,7 +219,8 @@ class EdgeStore(Store):
             if self._open() is None:
                 self._create(image_dim, text_dim)
                 return True
-            have, want = self._meta() or {}, {IMAGE: image_dim, TEXT: text_dim}
+            meta, want = self._meta() or {}, {IMAGE: image_dim, TEXT: text_dim}
+            have = {k: meta.get(k) for k in want}
             if have != want:
                 raise SchemaMismatch(
                     f"collection {self.settings.collection_name!r} has vectors {have} but the CLIP models give "
@@ -214,6 +230,10 @@ class EdgeStore(Store):
 
     def _create(self, image_dim: int, text_dim: int) -> None:
         """A new, empty shard generation with the payload indexes, made current."""
+        folder, shard = self._new_generation(image_dim, text_dim)
+        self._make_current(folder, shard, image_dim, text_dim)
+
+    def _new_generation(self, image_dim: int, text_dim: int) -> tuple[Path, qe.EdgeShard]:
         folder = self._next_folder()
         try:
             shard = qe.EdgeShard.create(str(folder), edge_config(image_dim, text_dim))
@@ -222,8 +242,12 @@ class EdgeStore(Store):
             shard.flush()
         except Exception as exc:
             raise StoreUnavailable(f"cannot create the embedded store in {folder}: {exc}") from exc
-        (self.root / "meta.json").write_text(json.dumps({IMAGE: image_dim, TEXT: text_dim}))
+        return folder, shard
+
+    def _make_current(self, folder: Path, shard: qe.EdgeShard, image_dim: int, text_dim: int) -> None:
+        # CURRENT first: a crash before meta.json is written only repeats an upgrade
         self._set_current(folder)
+        (self.root / "meta.json").write_text(json.dumps({IMAGE: image_dim, TEXT: text_dim, "layout": LAYOUT}))
         self._shard = shard
 
     def recreate(self, image_dim: int, text_dim: int) -> None:
@@ -251,7 +275,7 @@ class EdgeStore(Store):
     def upsert(self, points: Sequence[Point]) -> None:
         if not points:
             return
-        op = qe.UpdateOperation.upsert_points([qe.Point(p.id, _vectors(p), p.payload) for p in points])
+        op = qe.UpdateOperation.upsert_points([qe.Point(p.id, edge_vectors(p), p.payload) for p in points])
         with self._write_lock, self._calling("upsert") as shard:
             shard.update(op)
             self._touched([p.id for p in points])
@@ -278,14 +302,22 @@ class EdgeStore(Store):
 
         if len(probes) == 1:
             request = qe.QueryRequest(
-                limit=limit, offset=offset, query=nearest(probes[0]), filter=query_filter, with_payload=False
+                limit=limit,
+                offset=offset,
+                query=nearest(probes[0]),
+                filter=query_filter,
+                params=search_params(probes[0]),
+                with_payload=False,
             )
         else:
             depth = max(offset + limit, 50)  # each list must reach past the requested page to fuse well
             request = qe.QueryRequest(
                 limit=limit,
                 offset=offset,
-                prefetches=[qe.Prefetch(depth, query=nearest(p), filter=query_filter) for p in probes],
+                prefetches=[
+                    qe.Prefetch(depth, query=nearest(p), filter=query_filter, params=search_params(p))
+                    for p in probes
+                ],
                 query=qe.Fusion.Rrf(RRF_K, weights=[p.weight for p in probes]),
                 filter=query_filter,
                 with_payload=False,

@@ -433,6 +433,16 @@ def bench_engines(
     chunk_pool = [len(emb.chunks(answer_text(rng))) for _ in range(200)]
     text_queries = [" ".join(rng.choices(WORDS, k=rng.randint(4, 12))) for _ in range(queries)]
     image_queries = [Image.open(io.BytesIO(diagram(60_000 + i))).convert("RGB") for i in range(queries)]
+    for kind, embed, inputs in (
+        ("text", emb.embed_texts, text_queries),
+        ("image", emb.embed_images, image_queries),
+    ):
+        times = []
+        for one in inputs:
+            t = time.perf_counter()
+            embed([one])
+            times.append(time.perf_counter() - t)
+        row("engines", f"CLIP query embedding alone, {kind} (p50 / p95 ms)", ms(times))
     for size in sizes:
         data = fill_root / f"engines-{size}"
         shutil.rmtree(data, ignore_errors=True)
@@ -474,6 +484,9 @@ def bench_engines(
                     )
                 for cell, value in cells(history, text_queries, image_queries, n_queries, size).items():
                     row("engines", f"{label(size)} {name}: {cell} (p50 / p95 ms)", value)
+                if name == "edge":
+                    for cell, value in recall(edge, emb, points, text_queries, image_queries).items():
+                        row("engines", f"{label(size)} edge: recall@10 vs exact, {cell}", value)
                 row(
                     "engines",
                     f"{label(size)} {name}: RSS growth of the process (MB)",
@@ -524,6 +537,44 @@ def fill_journal_and_points(
                 payload=payload_of(BacklogEntry(interaction, thumb, 0)),
             )
         )
+
+
+def recall(
+    store: Any, emb: Any, points: list[Any], text_queries: list[str], image_queries: list[Image.Image]
+) -> dict[str, str]:
+    """Mean recall@10 of `Store.query` (HNSW on `image`, int8 scan + rescore on `text`) against the exact
+    top 10 computed here with NumPy (cosine; MAX_SIM over the windows), per query kind x against x filter.
+    The points are random unit vectors: no clusters, the hardest case for a graph index."""
+    from visionrag.search.store import IMAGE, TEXT, Filters, Probe
+
+    ids = np.array([p.id for p in points])
+    images = np.stack([np.asarray(p.image, dtype=np.float32) for p in points])
+    flat = np.concatenate([np.asarray(p.text, dtype=np.float32) for p in points])
+    owner = np.repeat(np.arange(len(points)), [len(p.text) for p in points])
+    ts = np.array([p.payload["created_ts"] for p in points])
+    since = float(np.median(ts))
+    alice = np.array([p.payload.get("user") == "alice" for p in points]) & (ts >= since)
+    vectors = {"text": emb.embed_texts(text_queries), "image": emb.embed_images(image_queries)}
+    out: dict[str, str] = {}
+    for kind, queries in vectors.items():
+        for against, using in (("answers", TEXT), ("images", IMAGE)):
+            for filtered in (False, True):
+                found = []
+                for q in queries:
+                    if using == IMAGE:
+                        exact = images @ q
+                    else:
+                        exact = np.full(len(points), -np.inf, dtype=np.float32)
+                        np.maximum.at(exact, owner, flat @ q)
+                    if filtered:
+                        exact = np.where(alice, exact, -np.inf)
+                    top = set(ids[np.argsort(-exact)[:10]].tolist())
+                    filters = Filters(since=since, user="alice") if filtered else None
+                    got = {i for i, _ in store.query([Probe(q, using)], filters, limit=10)}
+                    found.append(len(top & got) / 10)
+                cell = f"{kind} vs {against}{', filtered' if filtered else ''}"
+                out[cell] = f"{statistics.mean(found):.3f}"
+    return out
 
 
 def cells(

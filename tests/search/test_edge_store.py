@@ -4,11 +4,15 @@ background HNSW build swapped in while searches and writes go on, and reopening 
 
 from __future__ import annotations
 
+import json
+import logging
 import subprocess
 import sys
 import threading
 
+import numpy as np
 import pytest
+import qdrant_edge as qe
 
 from tests.search.helpers import wait_for
 from tests.search.test_store import (  # noqa: F401 (collected here, against the EdgeStore fixture below)
@@ -20,6 +24,7 @@ from tests.search.test_store import (  # noqa: F401 (collected here, against the
     test_upsert_is_idempotent_and_queries_each_vector,
     unit,
 )
+from visionrag.search.edge_schema import LAYOUT, PAYLOAD_INDEXES, edge_vectors
 from visionrag.search.edge_store import EdgeStore
 from visionrag.search.errors import StoreUnavailable
 from visionrag.search.store import IMAGE, TEXT, Filters, Probe, open_store
@@ -122,6 +127,69 @@ def test_background_build_swaps_in_without_losing_writes(settings) -> None:
     store.close()
     reopened = EdgeStore(settings, build_min_new=0)  # CURRENT names the new generation
     assert reopened.count() == 299
+    reopened.close()
+
+
+def test_text_search_after_a_build_ranks_as_exact_max_sim(settings) -> None:
+    """`text` is searched on its int8 copy and rescored: the top 10 and their scores are MAX_SIM's own."""
+    store = EdgeStore(settings, build_min_new=0)
+    store.ensure_collection(DIM, DIM)
+    points = [point(i, chunks=1 + i % 5) for i in range(400)]
+    store.upsert(points)
+    store.builder.build_now()
+    assert store.info()["indexed_vectors"] == 2 * 400  # the int8 copy of `text` is built with the graph
+    windows = [(p.id, np.asarray(w)) for p in points for w in p.text]
+    for q in range(20):
+        query = unit(50_000 + q)
+        best: dict[str, float] = {}
+        for pid, w in windows:
+            best[pid] = max(best.get(pid, -2.0), float(w @ query))
+        exact = sorted(best.items(), key=lambda kv: -kv[1])[:10]
+        got = store.query([Probe(query, TEXT)], None, limit=10)
+        assert [i for i, _ in got] == [i for i, _ in exact]
+        assert [s for _, s in got] == pytest.approx([s for _, s in exact], abs=1e-5)
+    store.close()
+
+
+def test_a_shard_of_the_older_layout_is_copied_on_open(settings, caplog) -> None:
+    """Layout 1 (before the int8 `text`): HNSW on the multivector, no meta layout. Opening copies it."""
+    root = settings.data_dir / "edge" / settings.collection_name
+    old = qe.EdgeConfig(
+        vectors={
+            IMAGE: qe.EdgeVectorParams(DIM, qe.Distance.Cosine),
+            TEXT: qe.EdgeVectorParams(
+                DIM,
+                qe.Distance.Cosine,
+                multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
+            ),
+        },
+        hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000),
+        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1),
+    )
+    shard = qe.EdgeShard.create(str(root / "g000001"), old)
+    for key, kind in PAYLOAD_INDEXES:
+        shard.update(qe.UpdateOperation.create_field_index(key, kind))
+    points = [point(i, chunks=1 + i % 3, user="ann" if i % 2 else "bob") for i in range(700)]
+    shard.update(
+        qe.UpdateOperation.upsert_points([qe.Point(p.id, edge_vectors(p), p.payload) for p in points])
+    )
+    shard.flush()
+    shard.close()
+    (root / "CURRENT").write_text("g000001\n")
+    (root / "meta.json").write_text(json.dumps({IMAGE: DIM, TEXT: DIM}))
+
+    store = EdgeStore(settings, build_min_new=0)
+    with caplog.at_level(logging.WARNING, logger="visionrag.search.edge_store"):
+        assert store.ensure_collection(DIM, DIM) is False
+    assert "has layout 1; copying its 700 points into layout 2" in caplog.text
+    assert store.count() == 700
+    assert [p.name for p in root.glob("g[0-9]*")] == ["g000002"]
+    assert json.loads((root / "meta.json").read_text())["layout"] == LAYOUT
+    hits = store.query([Probe(points[9].text[0], TEXT)], Filters(user="ann"), limit=1)
+    assert hits[0][0] == points[9].id and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+    store.close()
+    reopened = EdgeStore(settings, build_min_new=0)  # copied once
+    assert reopened.count() == 700 and reopened._current().name == "g000002"
     reopened.close()
 
 
