@@ -21,6 +21,7 @@ from visionrag.server.errors import ConfigError, install_error_handlers
 from visionrag.server.history_import import router as import_router
 from visionrag.server.history_routes import router as history_router
 from visionrag.server.lifecycle import ShutdownRequested, install_fork_guard, shutdown_on_signals
+from visionrag.server.logs import configure_logging
 from visionrag.server.metrics import install_metrics
 from visionrag.server.openapi import install_openapi
 from visionrag.server.ping import ping
@@ -201,9 +202,7 @@ def serve(settings: Settings) -> int:
     """Run until SIGTERM / SIGINT (exit 0 after a clean shutdown) or until a part of the server fails
     (exit 1): a model worker that cannot load, an API server whose start-up fails. Checks what can be
     checked before anything is spawned (`preflight`), and makes every child die with this process."""
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level)
     log.info("settings: %s", settings.describe())
     preflight(settings)
     install_fork_guard()

@@ -115,6 +115,8 @@ class _Common(BaseModel):
 
 
 class PredictBody(_Common):
+    model_config = ConfigDict(extra="forbid")
+
     image_url: StrictStr | None = None
     user_query: StrictStr
     max_tokens: StrictInt | None = None
@@ -232,6 +234,12 @@ def check_question(text: str, settings: Settings) -> str:
 def predict_ask(data: Any, upload: bytes | None, settings: Settings) -> Ask:
     if isinstance(data, dict) and "user_query" not in data:
         raise InvalidInput("user_query is missing: send the question as user_query")
+    unknown = sorted(set(data) - set(PredictBody.model_fields)) if isinstance(data, dict) else []
+    if unknown:  # a misspelt or unsupported parameter is refused, never silently dropped
+        raise InvalidInput(
+            f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: /predict takes "
+            f"{', '.join(sorted(PredictBody.model_fields))} (and a multipart 'image' file)"
+        )
     body: PredictBody = validate(PredictBody, data)
     if body.image_url is None and upload is None:
         raise InvalidInput("no image: send image_url (http(s) or data URL) or a multipart 'image' file")

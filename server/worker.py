@@ -33,6 +33,7 @@ from litserve.utils import LitAPIStatus, LoopResponseType
 
 from visionrag.server.generation import Delta, GenerationRequest, VisionModel
 from visionrag.server.lifecycle import die_with_parent, ignore_interrupts
+from visionrag.server.logs import configure_logging
 from visionrag.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,12 @@ class VisionAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         die_with_parent(self.parent_pid)
         ignore_interrupts()
+        configure_logging(self.settings.log_level)
         self._load(device)
 
     def _load(self, device: str) -> None:
         s = self.settings
+        started = time.perf_counter()
         if s.placement == "shard":
             log.info("worker %s: sharding %s over all visible GPUs", os.getpid(), s.model_name)
         self.model = VisionModel.load(
@@ -71,6 +74,9 @@ class VisionAPI(ls.LitAPI):
             dtype=s.dtype,
             token=s.hf_token,
             compile=s.compile,
+        )
+        log.info(
+            "worker %s: model loaded on %s in %.1f s", os.getpid(), device, time.perf_counter() - started
         )
         if s.batching == "continuous":
             from visionrag.server.scheduler import Scheduler

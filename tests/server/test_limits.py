@@ -129,6 +129,18 @@ def test_max_tokens_at_the_bounds_is_accepted(limited) -> None:
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 1
 
 
+def test_an_unknown_predict_field_is_refused_not_ignored(limited) -> None:
+    detail = assert_json_error(predict(limited, user_query="q", max_token=3), 422, "'max_token'")
+    assert "max_tokens" in detail  # what it takes instead
+    r = requests.post(
+        limited.url + "/predict",
+        data={"user_query": "q", "temprature": "0.5"},
+        files={"image": ("d.png", diagram_png(8), "image/png")},
+        timeout=60,
+    )
+    assert_json_error(r, 422, "'temprature'")
+
+
 def test_a_question_over_the_limit_is_422(limited) -> None:
     detail = assert_json_error(predict(limited, user_query="x" * (MAX_QUERY + 1), max_tokens=1), 422)
     assert str(MAX_QUERY) in detail

@@ -1,5 +1,6 @@
-"""The server log: each answered interaction is logged with its id; no secrets and no image bytes, whatever
-the requests carried (keys, data URLs, uploads, bad input)."""
+"""The server log: the model workers' lines reach it (they are spawned processes with their own logging);
+each answered interaction is logged with its id; no secrets and no image bytes, whatever the requests
+carried (keys, data URLs, uploads, bad input)."""
 
 from __future__ import annotations
 
@@ -82,6 +83,7 @@ def test_the_log_has_interaction_ids_and_no_secrets_or_image_bytes(start_server)
     server.stop()  # flush everything
 
     log = server.log_path.read_text(errors="replace")
+    assert "visionrag.server.worker: worker" in log and "model loaded on cpu" in log, "no worker log line"
     for id in ids:
         assert id and f"interaction_id={id}" in log, f"no log line carries interaction {id}"
     for secret in (API_KEY, HF_TOKEN, QDRANT_KEY, WRONG_KEY):
