@@ -21,6 +21,9 @@ class HistoryConfig:
     text_model_path: Path | None = None
     image_model_path: Path | None = None
     embed_threads: int = 1
+    # CLIP threads for search queries (a user waits on these); 0: min(4, CPU cores). When it differs from
+    # embed_threads, queries get their own ONNX sessions (one more copy of each CLIP model in memory).
+    query_threads: int = 0
     # Collection creation on a Qdrant server or cluster (ignored by the embedded store). None: the
     # server's own default (for shard_number: one shard per node, so a cluster spreads the history).
     shard_number: int | None = None

@@ -13,6 +13,7 @@ Models load lazily (the first embedding), from `TEXT_MODEL_PATH` / `IMAGE_MODEL_
 from __future__ import annotations
 
 import io
+import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -80,55 +81,102 @@ def _normalise(matrix: np.ndarray) -> np.ndarray:
     return matrix / np.where(norms == 0, 1.0, norms)
 
 
+class _Sessions:
+    """One ONNX session per CLIP model with its own thread pool, loaded on first use."""
+
+    def __init__(self, settings: HistoryConfig, threads: int) -> None:
+        self.settings = settings
+        self.threads = threads
+        self._lock = threading.Lock()
+        self.text: Any = None
+        self.image: Any = None
+
+    def _kwargs(self, path: Any) -> dict[str, Any]:
+        local = {"specific_model_path": str(path), "local_files_only": True} if path else {}
+        return {**local, "threads": self.threads}
+
+    def text_model(self) -> Any:
+        if self.text is None:
+            with self._lock:
+                if self.text is None:
+                    from fastembed import TextEmbedding
+
+                    s = self.settings
+                    self.text = TextEmbedding(s.text_model, **self._kwargs(s.text_model_path))
+        return self.text
+
+    def image_model(self) -> Any:
+        if self.image is None:
+            with self._lock:
+                if self.image is None:
+                    from fastembed import ImageEmbedding
+
+                    s = self.settings
+                    self.image = ImageEmbedding(s.image_model, **self._kwargs(s.image_model_path))
+        return self.image
+
+
+def query_threads(settings: HistoryConfig) -> int:
+    return settings.query_threads or min(4, os.cpu_count() or 1)
+
+
 class Embedders:
-    """The text and image CLIP models, loaded on first use; safe to call from several threads
-    (ONNX Runtime sessions run concurrently; only loading is serialised)."""
+    """The text and image CLIP models; safe to call from several threads (ONNX Runtime sessions run
+    concurrently; only loading is serialised).
+
+    Indexing runs on `embed_threads` (low, so it never takes generation's cores); search queries, which
+    a user waits on, on `query_threads` (measured on 2 cores: an image query embeds in ~100 ms on one
+    thread, ~65 ms on two). Different counts mean separate sessions, loaded on first use or by `load()`."""
 
     def __init__(self, settings: HistoryConfig, text_batch: int = 64, image_batch: int = 16) -> None:
         self.settings = settings
         self.text_batch = text_batch
         self.image_batch = image_batch
+        self._index = _Sessions(settings, settings.embed_threads)
+        threads = query_threads(settings)
+        self._query = self._index if threads == settings.embed_threads else _Sessions(settings, threads)
         self._lock = threading.Lock()
-        self._text: Any = None
-        self._image: Any = None
         self._counter: TokenCounter | None = None
         self._text_dim: int | None = None
         self._image_dim: int | None = None
 
+    def load(self) -> None:
+        """Load every session now (start-up), instead of on the first request."""
+        self._text_model()
+        self._image_model()
+        self._query.text_model()
+        self._query.image_model()
+
+    @property
+    def text_dim(self) -> int:
+        self._text_model()
+        assert self._text_dim is not None
+        return self._text_dim
+
+    @property
+    def image_dim(self) -> int:
+        self._image_model()
+        assert self._image_dim is not None
+        return self._image_dim
+
     # -- loading ----------------------------------------------------------------------------------
-    def _kwargs(self, path: Any) -> dict[str, Any]:
-        """Offline loading from a folder when given one; a bounded ONNX thread pool, so indexing on the CPU
-        leaves cores to generation (measured in BENCHMARKS.md, History)."""
-        local = {"specific_model_path": str(path), "local_files_only": True} if path else {}
-        return {**local, "threads": self.settings.embed_threads}
-
     def _text_model(self) -> Any:
-        if self._text is None:
+        model = self._index.text_model()
+        if self._counter is None:
             with self._lock:
-                if self._text is None:
-                    from fastembed import TextEmbedding
-
-                    model = TextEmbedding(
-                        self.settings.text_model, **self._kwargs(self.settings.text_model_path)
-                    )
-                    self._counter = self._make_counter(model)
+                if self._counter is None:
                     self._text_dim = int(np.asarray(next(iter(model.embed(["dimension probe"])))).shape[-1])
-                    self._text = model
-        return self._text
+                    self._counter = self._make_counter(model)
+        return model
 
     def _image_model(self) -> Any:
-        if self._image is None:
+        model = self._index.image_model()
+        if self._image_dim is None:
             with self._lock:
-                if self._image is None:
-                    from fastembed import ImageEmbedding
-
-                    model = ImageEmbedding(
-                        self.settings.image_model, **self._kwargs(self.settings.image_model_path)
-                    )
+                if self._image_dim is None:
                     probe = Image.new("RGB", (8, 8))
                     self._image_dim = int(np.asarray(next(iter(model.embed([probe])))).shape[-1])
-                    self._image = model
-        return self._image
+        return model
 
     @staticmethod
     def _make_counter(model: Any) -> TokenCounter:
@@ -148,23 +196,6 @@ class Embedders:
 
         return count
 
-    def load(self) -> None:
-        """Load both models now (start-up), instead of on the first request."""
-        self._text_model()
-        self._image_model()
-
-    @property
-    def text_dim(self) -> int:
-        self._text_model()
-        assert self._text_dim is not None
-        return self._text_dim
-
-    @property
-    def image_dim(self) -> int:
-        self._image_model()
-        assert self._image_dim is not None
-        return self._image_dim
-
     # -- embedding --------------------------------------------------------------------------------
     def chunks(self, text: str) -> list[str]:
         """The windows an answer is split into (exposed so tests and tools see what gets embedded)."""
@@ -172,20 +203,22 @@ class Embedders:
         assert self._counter is not None
         return chunk_text(text, self._counter)
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """One L2-normalised vector per text (each truncated at 77 tokens by CLIP): queries."""
+    def embed_texts(self, texts: Sequence[str], query: bool = False) -> np.ndarray:
+        """One L2-normalised vector per text (each truncated at 77 tokens by CLIP); `query`: on the
+        search sessions."""
         if not texts:
             return np.zeros((0, self.text_dim), dtype=np.float32)
-        vectors = list(self._text_model().embed(list(texts), batch_size=self.text_batch))
-        return _normalise(np.stack(vectors))
+        model = self._query.text_model() if query else self._text_model()
+        return _normalise(np.stack(list(model.embed(list(texts), batch_size=self.text_batch))))
 
-    def embed_images(self, images: Sequence[Image.Image | bytes]) -> np.ndarray:
-        """One L2-normalised vector per image (PIL images, or encoded image bytes)."""
+    def embed_images(self, images: Sequence[Image.Image | bytes], query: bool = False) -> np.ndarray:
+        """One L2-normalised vector per image (PIL images, or encoded image bytes); `query`: on the
+        search sessions."""
         if not images:
             return np.zeros((0, self.image_dim), dtype=np.float32)
         pil = [Image.open(io.BytesIO(im)).convert("RGB") if isinstance(im, bytes) else im for im in images]
-        vectors = list(self._image_model().embed(pil, batch_size=self.image_batch))
-        return _normalise(np.stack(vectors))
+        model = self._query.image_model() if query else self._image_model()
+        return _normalise(np.stack(list(model.embed(pil, batch_size=self.image_batch))))
 
     def embed_answers(self, answers: Sequence[str]) -> list[np.ndarray]:
         """For each answer, its window vectors (k x dim, k >= 1), all windows embedded in one batch."""

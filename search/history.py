@@ -254,9 +254,9 @@ class History:
         targets = [IMAGE, TEXT] if against == "both" else [TARGETS[against]]
         vectors = []  # (vector, the named vector of the same modality)
         if text:
-            vectors.append((self.embedders.embed_texts([text])[0], TEXT))
+            vectors.append((self.embedders.embed_texts([text], query=True)[0], TEXT))
         if image is not None:
-            vectors.append((self.embedders.embed_images([image.convert("RGB")])[0], IMAGE))
+            vectors.append((self.embedders.embed_images([image.convert("RGB")], query=True)[0], IMAGE))
         probes = [
             Probe(vector=v, using=t, weight=1.0 if t == same else CROSS_MODAL_WEIGHT)
             for v, same in vectors

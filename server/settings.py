@@ -111,6 +111,14 @@ class Settings:
             help="CPU threads for CLIP embedding (indexing, search queries); low keeps indexing off generation's cores",
         ),
     )
+    query_threads: int = field(
+        default=0,
+        metadata=_env(
+            "VISIONRAG_QUERY_THREADS",
+            help="CPU threads for CLIP embedding of search queries; 0: min(4, CPU cores). A value other than "
+            "VISIONRAG_EMBED_THREADS loads a second copy of the CLIP models for queries",
+        ),
+    )
     qdrant_url: str | None = field(
         default=None,
         metadata=_env("QDRANT_URL", "DB_URL", help="Qdrant server or Cloud URL; unset: embedded store"),
@@ -249,6 +257,8 @@ class Settings:
             raise ConfigError(f"devices must be 'auto' or a positive number, not {self.devices!r}")
         if self.batching not in ("continuous", "static"):
             raise ConfigError(f"batching must be 'continuous' or 'static', not {self.batching!r}")
+        if self.query_threads < 0:
+            raise ConfigError("query_threads must not be negative (0 means min(4, CPU cores))")
         if self.max_batch_tokens < 0:
             raise ConfigError("max_batch_tokens must not be negative (0 means no limit)")
         if self.dtype not in ("auto", "bf16", "fp16", "fp32"):

@@ -21,11 +21,11 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, ResponseBufferItem
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from visionrag.server import bodies, context, inputs
-from visionrag.server.errors import Overloaded, VisionRAGError, openai_error, status_for
+from visionrag.server.admission import Admission
+from visionrag.server.errors import VisionRAGError, openai_error, status_for
 from visionrag.server.fetch import LoadedImage
 from visionrag.server.generation import GenerationRequest
 from visionrag.server.inputs import Ask
@@ -248,8 +248,8 @@ class VisionSpec(LitSpec):
             yield f"data: {json.dumps({'error': error})}\n\n"
 
     # -- the pieces -----------------------------------------------------------------------------------
-    def _admitted(self) -> _Admission:
-        return _Admission(self)
+    def _admitted(self) -> Admission:
+        return Admission(self)
 
     async def _load_image(self, request: Request, ask: Ask) -> LoadedImage:
         images = request.app.state.images
@@ -332,51 +332,6 @@ class VisionSpec(LitSpec):
             extra={"interaction_id": interaction.id},
         )
         return interaction.id
-
-
-class _Admission:
-    """Bounds the requests waiting or running; the excess gets 503 with Retry-After, not a longer queue.
-    A streamed answer keeps its place until its last line is sent (`after`) or its client goes away
-    (`background`, run by the StreamingResponse either way); the place is given back exactly once."""
-
-    def __init__(self, spec: VisionSpec) -> None:
-        self.spec = spec
-        self.handed_over = False
-        self.released = False
-
-    async def __aenter__(self) -> _Admission:
-        if self.spec.inflight >= self.spec.settings.max_queue:
-            raise Overloaded(
-                f"the server is busy ({self.spec.inflight} requests in progress); retry shortly",
-                headers={"Retry-After": "2"},
-            )
-        self.spec.inflight += 1
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if not self.handed_over:
-            self.release()
-
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.spec.inflight -= 1
-
-    def after(self, body: AsyncIterator[str]) -> AsyncIterator[str]:
-        """The streamed body; from now on the body (not the handler's `async with`) gives the place back."""
-        self.handed_over = True
-        return self._release_after(body)
-
-    def background(self) -> BackgroundTask:
-        """For the StreamingResponse: releases even if the body never ran (client gone before it began)."""
-        return BackgroundTask(self.release)
-
-    async def _release_after(self, body: AsyncIterator[str]) -> AsyncIterator[str]:
-        try:
-            async for part in body:
-                yield part
-        finally:
-            self.release()
 
 
 async def _collect(deltas: AsyncIterator[dict]) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:

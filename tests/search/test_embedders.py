@@ -45,9 +45,25 @@ def test_vectors_are_normalised_and_deterministic(shared_embedders: Embedders) -
 
 def test_loads_offline_from_the_configured_folders(settings) -> None:
     embedders = Embedders(settings)
-    assert embedders._text is None and embedders._image is None  # lazy
+    assert embedders._index.text is None and embedders._index.image is None  # lazy
     assert embedders.embed_texts(["x"]).shape == (1, 512)
-    assert embedders._image is None
+    assert embedders._index.image is None
+
+
+def _threads(model) -> int:
+    return model.model.model.get_session_options().intra_op_num_threads
+
+
+def test_search_queries_get_their_own_sessions_when_the_thread_counts_differ(settings) -> None:
+    embedders = Embedders(settings.replace(embed_threads=1, query_threads=2))
+    text, image = ["a queue between two services"], [diagram(4)]
+    assert np.allclose(embedders.embed_texts(text, query=True), embedders.embed_texts(text), atol=1e-5)
+    assert np.allclose(embedders.embed_images(image, query=True), embedders.embed_images(image), atol=1e-5)
+    assert embedders._query is not embedders._index
+    assert (_threads(embedders._index.text), _threads(embedders._index.image)) == (1, 1)
+    assert (_threads(embedders._query.text), _threads(embedders._query.image)) == (2, 2)
+    shared = Embedders(settings.replace(embed_threads=2, query_threads=2))
+    assert shared._query is shared._index  # one copy of the models when the counts agree
 
 
 def test_short_text_is_one_chunk_and_empty_is_embeddable(shared_embedders: Embedders) -> None:
