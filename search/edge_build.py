@@ -1,12 +1,13 @@
-"""Building the embedded store's HNSW index without stopping anything (a shard swap).
+"""Building the embedded store's index without stopping anything (a shard swap).
 
-qdrant-edge builds HNSW only in `optimize()`, synchronously, and holds the GIL all the while (measured:
-78 s for 10k points on the 2-core box, during which no other Python thread ran, so no search, no request,
-no indexing). So the build never runs in the server process:
+New points land in an appendable segment that is scanned on its float vectors. qdrant-edge builds the
+searchable form (segments merged into one, with the int8 copies of both vectors that searches scan, see
+edge_schema.py) only in `optimize()`, synchronously, and holds the GIL all the while (no other Python
+thread runs: no search, no request, no indexing). So the build never runs in the server process:
 
-1. when the indexer is idle and enough points are not in the HNSW graph yet (see BUILD_MIN_NEW), `Builder.step`
-   flushes the live shard and copies its folder to the next generation (writes wait for the copy, searches
-   do not), and starts `python -m visionrag.search.edge_build <copy>` at low priority;
+1. when the indexer is idle and enough points are outside the built segment (see BUILD_MIN_NEW),
+   `Builder.step` flushes the live shard and copies its folder to the next generation (writes wait for
+   the copy, searches do not), and starts `python -m visionrag.search.edge_build <copy>` at low priority;
 2. meanwhile searches and the indexer use the live shard; every id written is remembered;
 3. when the child is done, the copy is loaded, the remembered ids are replayed into it from the live shard
    (upserts and deletions), `CURRENT` is switched atomically and the old generation removed.
@@ -34,12 +35,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Unindexed points that trigger a build: max(BUILD_MIN_NEW, BUILD_FRACTION x points in the graph). A plain
-# (brute-force) segment costs about 2.4-4 ms per 1,000 points per MAX_SIM query on the 2-core box, and a
-# build re-merges the whole shard (measured: 94 s for 4,000 points, then 49 s for each +1,000), so its cost
-# grows with the shard: building every 5 % keeps the plain part small (5k points at 100k: 12-20 ms) and the
-# amortised build cost per new point (~20 x one build's per-point cost) well below its CLIP embedding.
-# See BENCHMARKS.md. BUILD_MIN_NEW = 0 turns building off.
+# Unindexed points that trigger a build: max(BUILD_MIN_NEW, BUILD_FRACTION x points already built). The float
+# scan of the appendable segment costs ~0.5 ms per 1,000 points per query on the 2-core box (45 ms at 100k
+# for `text`, measured), and a build re-merges the whole shard (6 s at 100k points, measured), so building
+# every 5 % keeps the unbuilt part to a few ms of scan and the amortised build cost to ~1 ms per new point,
+# far below its CLIP embedding (~150 ms). See BENCHMARKS.md. BUILD_MIN_NEW = 0 turns building off.
 BUILD_MIN_NEW = 2000
 BUILD_FRACTION = 0.05
 NICE = 10  # the child's priority increment: the server's searches and requests come first
@@ -48,7 +48,7 @@ REPLAY_BATCH = 256
 
 
 class Builder:
-    """The background HNSW build of one EdgeStore; its methods run in the indexer thread."""
+    """The background index build of one EdgeStore; its methods run in the indexer thread."""
 
     def __init__(self, store: EdgeStore, min_new: int) -> None:
         self.store = store
@@ -64,7 +64,7 @@ class Builder:
         return self._counts()[1]
 
     def _counts(self) -> tuple[int, int]:
-        """(points in the HNSW graph, points outside it)."""
+        """(points in the built segment, points outside it)."""
         info = self.store.info()
         indexed = info["indexed_vectors"] // 2  # two named vectors per point
         return indexed, max(0, info["points"] - indexed)
@@ -107,7 +107,7 @@ class Builder:
             shutil.copytree(live, folder)
             store._dirty = set()
         copy_s = time.perf_counter() - t0
-        log.info("building the HNSW index of %s in the background (%d new points)", store.root, new)
+        log.info("building the index of %s in the background (%d new points)", store.root, new)
         with open(store.root / "build.log", "w") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "visionrag.search.edge_build", str(folder), str(self.nice)],
@@ -124,7 +124,7 @@ class Builder:
         build_s = time.perf_counter() - self.started_at
         if proc.returncode != 0:
             tail = (store.root / "build.log").read_text(errors="replace")[-500:]
-            log.warning("HNSW build of %s failed (exit %s): %s", store.root, proc.returncode, tail)
+            log.warning("index build of %s failed (exit %s): %s", store.root, proc.returncode, tail)
             self._discard(folder)
             self._skip_below = self.unindexed() + self.min_new
             return
@@ -137,7 +137,7 @@ class Builder:
                 replayed = self._replay(old_shard, new_shard, sorted(store._dirty or ()))
                 new_shard.flush()
             except Exception as exc:
-                log.warning("HNSW build of %s not swapped in: %s", store.root, exc)
+                log.warning("index build of %s not swapped in: %s", store.root, exc)
                 if new_shard is not None:
                     with contextlib.suppress(Exception):
                         new_shard.close()
@@ -153,7 +153,7 @@ class Builder:
         assert self.last is not None
         self.last.update(build_s=build_s, swap_s=time.perf_counter() - t0, replayed=replayed)
         log.info(
-            "HNSW index of %s swapped in: copy %.1f s, build %.1f s, swap %.2f s (%d points replayed)",
+            "index of %s swapped in: copy %.1f s, build %.1f s, swap %.2f s (%d points replayed)",
             store.root,
             self.last["copy_s"],
             build_s,
@@ -195,7 +195,7 @@ class Builder:
 
 
 def main(argv: list[str]) -> int:
-    """The child: load the copy, build its HNSW index, flush, exit."""
+    """The child: load the copy, build its index (merge + int8 copies), flush, exit."""
     with contextlib.suppress(OSError):
         os.nice(int(argv[1]) if len(argv) > 1 else NICE)
     shard = qe.EdgeShard.load(argv[0])

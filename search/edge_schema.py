@@ -7,23 +7,23 @@ from typing import Any
 
 import qdrant_edge as qe
 
-from visionrag.search.store import IMAGE, TEXT, Filters, Point, Probe
+from visionrag.search.store import IMAGE, TEXT, Filters, Point
 
 PAYLOAD_INDEXES = (
     ("user", qe.PayloadSchemaType.Keyword),
     ("tags", qe.PayloadSchemaType.Keyword),
     ("created_ts", qe.PayloadSchemaType.Float),
 )
-# HNSW graph parameters (Qdrant's defaults); full_scan_threshold in KB: a filter that leaves fewer vectors
-# than this is scored exactly through the payload index instead of walking the graph.
-HNSW = {"m": 16, "ef_construct": 100, "full_scan_threshold": 10_000}
-# The `text` multivector gets no graph (m=0) but an int8 copy (4x less memory to scan), searched exactly
-# and rescored on the float vectors: an HNSW graph over MAX_SIM compares every pair of points chunk by
-# chunk, and its build at 100k points did not finish in 23 CPU-minutes, while the int8 scan answers a
-# 100k-point MAX_SIM query in ~15 ms with the same top 10 (BENCHMARKS.md, issue 12). `image` keeps HNSW.
-TEXT_HNSW = {**HNSW, "m": 0}
-OVERSAMPLING = 2.0  # int8 candidates per result, rescored on the float vectors
-# 1: multivector HNSW on `text`; 2: `text` int8-quantized without a graph. An older shard is copied.
+# Both vectors are searched exactly, without an HNSW graph (m=0), on an int8 copy (4x less memory to scan;
+# built by `optimize()`, see edge_build.py); the best OVERSAMPLING x limit candidates are rescored on the
+# float vectors, so scores are the exact cosine / MAX_SIM. Measured at 100k points on the 2-core box
+# (BENCHMARKS.md, issue 12): 3 ms (`image`) and 16-22 ms (`text`) per query with recall@10 = 1.0 on any
+# data, a 6 s build; with an HNSW graph on `image`, 3 ms but recall@10 0.16-0.29 on unclustered vectors
+# and a 189 s build; with one on the `text` multivector, a build that did not finish in 23 CPU-minutes.
+# full_scan_threshold (KB): Qdrant's default, kept for the payload-index path of filtered searches.
+NO_GRAPH = {"m": 0, "ef_construct": 100, "full_scan_threshold": 10_000}
+OVERSAMPLING = 2.0
+# 1: HNSW on both vectors, no int8 copies; 2: int8 copies, no graph. A shard of an older layout is copied.
 LAYOUT = 2
 
 
@@ -44,27 +44,28 @@ def build_filter(filters: Filters | None) -> qe.Filter | None:
 
 
 def edge_config(image_dim: int, text_dim: int) -> qe.EdgeConfig:
+    def params(size: int, **extra: Any) -> qe.EdgeVectorParams:
+        return qe.EdgeVectorParams(
+            size,
+            qe.Distance.Cosine,
+            hnsw_config=qe.HnswIndexConfig(**NO_GRAPH),
+            quantization_config=qe.ScalarQuantizationConfig(qe.ScalarType.Int8, always_ram=True),
+            **extra,
+        )
+
     return qe.EdgeConfig(
         vectors={
-            IMAGE: qe.EdgeVectorParams(image_dim, qe.Distance.Cosine),
-            TEXT: qe.EdgeVectorParams(
-                text_dim,
-                qe.Distance.Cosine,
-                multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
-                hnsw_config=qe.HnswIndexConfig(**TEXT_HNSW),
-                quantization_config=qe.ScalarQuantizationConfig(qe.ScalarType.Int8, always_ram=True),
-            ),
+            IMAGE: params(image_dim),
+            TEXT: params(text_dim, multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim)),
         },
-        hnsw_config=qe.HnswIndexConfig(**HNSW),
+        hnsw_config=qe.HnswIndexConfig(**NO_GRAPH),
         # the optimizer runs only when we call it (edge_build.py decides when): index whatever is plain then
         optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1),
     )
 
 
-def search_params(probe: Probe) -> qe.SearchParams | None:
-    """`text` is scanned on its int8 copy; the best candidates are rescored on the float vectors."""
-    if probe.using != TEXT:
-        return None
+def search_params() -> qe.SearchParams:
+    """Scan the int8 copy; rescore the best candidates on the float vectors."""
     return qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING))
 
 

@@ -1,5 +1,5 @@
 """The embedded engine of the history's collection (`Store`): qdrant-edge, Qdrant's own Rust engine in this
-process (named vectors, MAX_SIM multivectors, payload indexes, weighted RRF, a WAL, HNSW).
+process (named vectors, MAX_SIM multivectors, payload indexes, weighted RRF, a WAL, int8 quantization).
 
 On disk, under `data_dir/edge/<collection>/`:
 
@@ -8,7 +8,7 @@ On disk, under `data_dir/edge/<collection>/`:
 * `meta.json`: the vector sizes the collection was created with (checked against the CLIP models) and its
   `layout` (LAYOUT); a shard of an older layout is copied into a new one when it is opened;
 * `CURRENT`: the name of the live shard folder (`g000001`, `g000002`, ...), replaced atomically when a
-  background HNSW build swaps in a new generation (see edge_build.py); other folders are leftovers of an
+  background index build swaps in a new generation (see edge_build.py); other folders are leftovers of an
   interrupted build and are removed on open.
 
 qdrant-edge holds the GIL in every call, so calls are atomic for Python threads; the locks here order
@@ -48,7 +48,7 @@ EDGE_DIR = "edge"  # data_dir/edge: never the old local-mode folder (data_dir/qd
 
 
 class EdgeStore(Store):
-    """The embedded store. `maintain()` (called by the indexer when idle) builds the HNSW index in a
+    """The embedded store. `maintain()` (called by the indexer when idle) builds the index in a
     child process on a copy of the shard and swaps it in, see edge_build.py."""
 
     embedded = True
@@ -306,7 +306,7 @@ class EdgeStore(Store):
                 offset=offset,
                 query=nearest(probes[0]),
                 filter=query_filter,
-                params=search_params(probes[0]),
+                params=search_params(),
                 with_payload=False,
             )
         else:
@@ -315,7 +315,7 @@ class EdgeStore(Store):
                 limit=limit,
                 offset=offset,
                 prefetches=[
-                    qe.Prefetch(depth, query=nearest(p), filter=query_filter, params=search_params(p))
+                    qe.Prefetch(depth, query=nearest(p), filter=query_filter, params=search_params())
                     for p in probes
                 ],
                 query=qe.Fusion.Rrf(RRF_K, weights=[p.weight for p in probes]),
@@ -328,7 +328,7 @@ class EdgeStore(Store):
     # -- index maintenance --------------------------------------------------------------------------
     def maintain(self) -> float | None:
         """Flush what was written since the last idle moment (durable on disk, not only in the page
-        cache), then start, watch or finish a background HNSW build."""
+        cache), then start, watch or finish a background index build."""
         if self._unflushed:
             with self._write_lock, self._calling("flush") as shard:
                 shard.flush()
@@ -336,7 +336,7 @@ class EdgeStore(Store):
         return self.builder.step()
 
     def info(self) -> dict[str, int]:
-        """points, indexed vectors (HNSW, both named vectors) and segments, for logs and benchmarks."""
+        """points, indexed vectors (built, both named vectors) and segments, for logs and benchmarks."""
         with self._calling("read its info") as shard:
             i = shard.info()
             return {

@@ -189,7 +189,7 @@ class Indexer:
                 self._wake.wait(min(self.idle_wait, self._maintain() or self.idle_wait))
 
     def _maintain(self) -> float | None:
-        """Idle time is the store's (the embedded engine's HNSW build); its failure never stops indexing."""
+        """Idle time is the store's (the embedded engine's index build); its failure never stops indexing."""
         try:
             return self.store.maintain()
         except Exception:

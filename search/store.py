@@ -125,7 +125,7 @@ class Store(ABC):
     def close(self) -> None: ...
 
     def maintain(self) -> float | None:
-        """Background upkeep, called by the indexer when it is idle (the embedded engine builds its HNSW
+        """Background upkeep, called by the indexer when it is idle (the embedded engine builds its
         index here). Returns seconds until it wants the next call, None when nothing is under way."""
         return None
 

@@ -21,7 +21,7 @@ reused after). Every loop is bounded in count and in time; every socket is on 12
            of requests with no pause, so the indexer embeds the previous answers while the next ones are
            generated on the same cores (the honest cost under sustained load).
 5. engines: the old local mode and qdrant-edge side by side at 1k, 10k and 100k (issue 12): the same journal
-           and points in both, upsert throughput, qdrant-edge's HNSW build (copy, child, swap), RSS growth, and
+           and points in both, upsert throughput, qdrant-edge's index build (copy, child, swap), RSS growth, and
            `History.search` p50/p95 (CLIP query embedding included) per query kind x against x filter.
            `--parts engines` runs it alone (~20 min on 2 cores).
 4. fresh:  time from a /predict response to the first /history/search (text = the exact answer) whose
@@ -468,17 +468,17 @@ def bench_engines(
                 row("engines", f"{label(size)} {name}: upsert (points/s)", f"{size / upsert_s:.0f}")
                 if store.count() != size:
                     raise SystemExit(f"{name} holds {store.count()} points, expected {size}")
-                if name == "edge":  # first brute force (all points in a plain segment), then with HNSW
+                if name == "edge":  # first the float scan of the appendable segment, then built
                     for cell, value in cells(
                         history, text_queries, image_queries, min(queries, 5), size
                     ).items():
-                        row("engines", f"{label(size)} edge, no HNSW yet: {cell} (p50 / p95 ms)", value)
+                        row("engines", f"{label(size)} edge, not built yet: {cell} (p50 / p95 ms)", value)
                     edge.builder.nice = 0  # alone here: the build's own time, not its time behind searches
                     t = time.perf_counter()
                     built = edge.builder.build_now() or {}
                     row(
                         "engines",
-                        f"{label(size)} edge: HNSW build (copy / child / swap s)",
+                        f"{label(size)} edge: index build (copy / child / swap s)",
                         f"{built.get('copy_s', 0):.1f} / {built.get('build_s', 0):.1f} / "
                         f"{built.get('swap_s', 0):.2f} (total {time.perf_counter() - t:.0f} s)",
                     )
@@ -542,9 +542,9 @@ def fill_journal_and_points(
 def recall(
     store: Any, emb: Any, points: list[Any], text_queries: list[str], image_queries: list[Image.Image]
 ) -> dict[str, str]:
-    """Mean recall@10 of `Store.query` (HNSW on `image`, int8 scan + rescore on `text`) against the exact
+    """Mean recall@10 of `Store.query` (int8 scan + rescore on the float vectors) against the exact
     top 10 computed here with NumPy (cosine; MAX_SIM over the windows), per query kind x against x filter.
-    The points are random unit vectors: no clusters, the hardest case for a graph index."""
+    The points are random unit vectors: no clusters (the hardest case for a graph index)."""
     from visionrag.search.store import IMAGE, TEXT, Filters, Probe
 
     ids = np.array([p.id for p in points])

@@ -1,6 +1,6 @@
 """The embedded store on qdrant-edge: the same behaviours as the qdrant-client engine (test_store.py's tests
 run here against EdgeStore), plus what only this engine has: payload indexes, one owner per folder, the
-background HNSW build swapped in while searches and writes go on, and reopening after a restart."""
+background index build swapped in while searches and writes go on, and reopening after a restart."""
 
 from __future__ import annotations
 
@@ -130,29 +130,34 @@ def test_background_build_swaps_in_without_losing_writes(settings) -> None:
     reopened.close()
 
 
-def test_text_search_after_a_build_ranks_as_exact_max_sim(settings) -> None:
-    """`text` is searched on its int8 copy and rescored: the top 10 and their scores are MAX_SIM's own."""
+def test_searches_after_a_build_rank_as_exact_cosine_and_max_sim(settings) -> None:
+    """Both vectors are scanned on their int8 copies and rescored: the top 10 and their scores are the
+    exact cosine (`image`) and MAX_SIM (`text`)."""
     store = EdgeStore(settings, build_min_new=0)
     store.ensure_collection(DIM, DIM)
     points = [point(i, chunks=1 + i % 5) for i in range(400)]
     store.upsert(points)
     store.builder.build_now()
-    assert store.info()["indexed_vectors"] == 2 * 400  # the int8 copy of `text` is built with the graph
+    assert store.info()["indexed_vectors"] == 2 * 400  # both int8 copies built
     windows = [(p.id, np.asarray(w)) for p in points for w in p.text]
     for q in range(20):
         query = unit(50_000 + q)
         best: dict[str, float] = {}
         for pid, w in windows:
             best[pid] = max(best.get(pid, -2.0), float(w @ query))
-        exact = sorted(best.items(), key=lambda kv: -kv[1])[:10]
-        got = store.query([Probe(query, TEXT)], None, limit=10)
-        assert [i for i, _ in got] == [i for i, _ in exact]
-        assert [s for _, s in got] == pytest.approx([s for _, s in exact], abs=1e-5)
+        for using, exact_scores in (
+            (TEXT, best),
+            (IMAGE, {p.id: float(np.asarray(p.image) @ query) for p in points}),
+        ):
+            exact = sorted(exact_scores.items(), key=lambda kv: -kv[1])[:10]
+            got = store.query([Probe(query, using)], None, limit=10)
+            assert [i for i, _ in got] == [i for i, _ in exact]
+            assert [s for _, s in got] == pytest.approx([s for _, s in exact], abs=1e-5)
     store.close()
 
 
 def test_a_shard_of_the_older_layout_is_copied_on_open(settings, caplog) -> None:
-    """Layout 1 (before the int8 `text`): HNSW on the multivector, no meta layout. Opening copies it."""
+    """Layout 1 (HNSW on both vectors, no int8 copies, no `layout` in meta.json) is copied on open."""
     root = settings.data_dir / "edge" / settings.collection_name
     old = qe.EdgeConfig(
         vectors={
@@ -214,6 +219,6 @@ def test_idle_indexer_builds_the_index_and_searches_go_on(settings, shared_embed
         for n, item in enumerate(items):
             history.record(item, diagram(n))
         builder = history.store.builder
-        wait_for(lambda: "swap_s" in (builder.last or {}), timeout=180, what="the HNSW build")
+        wait_for(lambda: "swap_s" in (builder.last or {}), timeout=180, what="the index build")
         assert history.store.info()["indexed_vectors"] >= 48
         assert history.search(None, diagram(5), limit=1, against="images")[0]["id"] == items[5].id
