@@ -82,38 +82,29 @@ def _normalise(matrix: np.ndarray) -> np.ndarray:
 
 
 class _Sessions:
-    """One ONNX session per CLIP model with its own thread pool, loaded on first use."""
+    """One ONNX session per CLIP model ("text", "image") with its own thread pool, loaded on first use."""
 
     def __init__(self, settings: HistoryConfig, threads: int) -> None:
         self.settings = settings
         self.threads = threads
         self._lock = threading.Lock()
-        self.text: Any = None
-        self.image: Any = None
+        self.models: dict[str, Any] = {}
 
-    def _kwargs(self, path: Any) -> dict[str, Any]:
-        local = {"specific_model_path": str(path), "local_files_only": True} if path else {}
-        return {**local, "threads": self.threads}
-
-    def text_model(self) -> Any:
-        if self.text is None:
+    def model(self, kind: str) -> Any:
+        if kind not in self.models:
             with self._lock:
-                if self.text is None:
-                    from fastembed import TextEmbedding
+                if kind not in self.models:
+                    import fastembed
 
                     s = self.settings
-                    self.text = TextEmbedding(s.text_model, **self._kwargs(s.text_model_path))
-        return self.text
-
-    def image_model(self) -> Any:
-        if self.image is None:
-            with self._lock:
-                if self.image is None:
-                    from fastembed import ImageEmbedding
-
-                    s = self.settings
-                    self.image = ImageEmbedding(s.image_model, **self._kwargs(s.image_model_path))
-        return self.image
+                    name, path, cls = (
+                        (s.text_model, s.text_model_path, fastembed.TextEmbedding)
+                        if kind == "text"
+                        else (s.image_model, s.image_model_path, fastembed.ImageEmbedding)
+                    )
+                    local = {"specific_model_path": str(path), "local_files_only": True} if path else {}
+                    self.models[kind] = cls(name, threads=self.threads, **local)
+        return self.models[kind]
 
 
 def query_threads(settings: HistoryConfig) -> int:
@@ -144,8 +135,8 @@ class Embedders:
         """Load every session now (start-up), instead of on the first request."""
         self._text_model()
         self._image_model()
-        self._query.text_model()
-        self._query.image_model()
+        self._query.model("text")
+        self._query.model("image")
 
     @property
     def text_dim(self) -> int:
@@ -161,7 +152,7 @@ class Embedders:
 
     # -- loading ----------------------------------------------------------------------------------
     def _text_model(self) -> Any:
-        model = self._index.text_model()
+        model = self._index.model("text")
         if self._counter is None:
             with self._lock:
                 if self._counter is None:
@@ -170,7 +161,7 @@ class Embedders:
         return model
 
     def _image_model(self) -> Any:
-        model = self._index.image_model()
+        model = self._index.model("image")
         if self._image_dim is None:
             with self._lock:
                 if self._image_dim is None:
@@ -208,7 +199,7 @@ class Embedders:
         search sessions."""
         if not texts:
             return np.zeros((0, self.text_dim), dtype=np.float32)
-        model = self._query.text_model() if query else self._text_model()
+        model = self._query.model("text") if query else self._text_model()
         return _normalise(np.stack(list(model.embed(list(texts), batch_size=self.text_batch))))
 
     def embed_images(self, images: Sequence[Image.Image | bytes], query: bool = False) -> np.ndarray:
@@ -217,7 +208,7 @@ class Embedders:
         if not images:
             return np.zeros((0, self.image_dim), dtype=np.float32)
         pil = [Image.open(io.BytesIO(im)).convert("RGB") if isinstance(im, bytes) else im for im in images]
-        model = self._query.image_model() if query else self._image_model()
+        model = self._query.model("image") if query else self._image_model()
         return _normalise(np.stack(list(model.embed(pil, batch_size=self.image_batch))))
 
     def embed_answers(self, answers: Sequence[str]) -> list[np.ndarray]:

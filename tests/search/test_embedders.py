@@ -45,9 +45,9 @@ def test_vectors_are_normalised_and_deterministic(shared_embedders: Embedders) -
 
 def test_loads_offline_from_the_configured_folders(settings) -> None:
     embedders = Embedders(settings)
-    assert embedders._index.text is None and embedders._index.image is None  # lazy
+    assert embedders._index.models == {}  # lazy
     assert embedders.embed_texts(["x"]).shape == (1, 512)
-    assert embedders._index.image is None
+    assert "image" not in embedders._index.models
 
 
 def _threads(model) -> int:
@@ -60,8 +60,8 @@ def test_search_queries_get_their_own_sessions_when_the_thread_counts_differ(set
     assert np.allclose(embedders.embed_texts(text, query=True), embedders.embed_texts(text), atol=1e-5)
     assert np.allclose(embedders.embed_images(image, query=True), embedders.embed_images(image), atol=1e-5)
     assert embedders._query is not embedders._index
-    assert (_threads(embedders._index.text), _threads(embedders._index.image)) == (1, 1)
-    assert (_threads(embedders._query.text), _threads(embedders._query.image)) == (2, 2)
+    assert [_threads(m) for m in embedders._index.models.values()] == [1, 1]
+    assert [_threads(m) for m in embedders._query.models.values()] == [2, 2]
     shared = Embedders(settings.replace(embed_threads=2, query_threads=2))
     assert shared._query is shared._index  # one copy of the models when the counts agree
 
