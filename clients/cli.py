@@ -1,6 +1,6 @@
 """The `visionrag` command line: ask questions about diagrams, search and manage the history.
 
-`serve` and `reindex` live in the server and search packages and are imported only when run.
+`serve` and `reindex` live in the server package and are imported only when run.
 """
 
 from __future__ import annotations

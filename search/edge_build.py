@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import qdrant_edge as qe
 
+from visionrag.search.edge_schema import point_copies
+
 if TYPE_CHECKING:
     from visionrag.search.edge_store import EdgeStore
 
@@ -104,16 +106,24 @@ class Builder:
                     return
                 shard.flush()
             folder = store._next_folder()
-            shutil.copytree(live, folder)
+            try:
+                shutil.copytree(live, folder)
+            except OSError as exc:  # a full disk: try again once more points have arrived
+                self._failed(folder, f"copy failed: {exc}")
+                return
             store._dirty = set()
         copy_s = time.perf_counter() - t0
         log.info("building the index of %s in the background (%d new points)", store.root, new)
-        with open(store.root / "build.log", "w") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "visionrag.search.edge_build", str(folder), str(self.nice)],
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
+        try:
+            with open(store.root / "build.log", "w") as err:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "visionrag.search.edge_build", str(folder), str(self.nice)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                )
+        except OSError as exc:
+            self._failed(folder, f"cannot start the build process: {exc}")
+            return
         self.folder, self.started_at = folder, time.perf_counter()
         self.last = {"new_points": new, "copy_s": copy_s}
 
@@ -124,12 +134,11 @@ class Builder:
         build_s = time.perf_counter() - self.started_at
         if proc.returncode != 0:
             tail = (store.root / "build.log").read_text(errors="replace")[-500:]
-            log.warning("index build of %s failed (exit %s): %s", store.root, proc.returncode, tail)
-            self._discard(folder)
-            self._skip_below = self.unindexed() + self.min_new
+            self._failed(folder, f"exit {proc.returncode}: {tail}")
             return
         t0 = time.perf_counter()
-        with store._write_lock, store._lock:
+        # writes wait for the replay; searches go on in the live shard until the pointer switch
+        with store._write_lock:
             old_shard, old_folder = store._shard, store._current()
             new_shard = None
             try:
@@ -137,16 +146,16 @@ class Builder:
                 replayed = self._replay(old_shard, new_shard, sorted(store._dirty or ()))
                 new_shard.flush()
             except Exception as exc:
-                log.warning("index build of %s not swapped in: %s", store.root, exc)
                 if new_shard is not None:
                     with contextlib.suppress(Exception):
                         new_shard.close()
-                self._discard(folder)
+                self._failed(folder, f"not swapped in: {exc}")
                 return
-            store._set_current(folder)
-            store._shard, store._dirty = new_shard, None
-            if old_shard is not None:
-                old_shard.close()
+            with store._lock:
+                store._set_current(folder)
+                store._shard, store._dirty = new_shard, None
+                if old_shard is not None:
+                    old_shard.close()
         if old_folder is not None:
             shutil.rmtree(old_folder, ignore_errors=True)
         self._skip_below = 0
@@ -170,17 +179,22 @@ class Builder:
             batch = ids[at : at + REPLAY_BATCH]
             records = old.retrieve(batch, with_payload=True, with_vector=True)
             if records:
-                new.update(
-                    qe.UpdateOperation.upsert_points([qe.Point(r.id, r.vector, r.payload) for r in records])
-                )
+                new.update(qe.UpdateOperation.upsert_points(point_copies(records)))
             found = {str(r.id) for r in records}
             gone = [i for i in batch if i not in found]
             if gone:
                 new.update(qe.UpdateOperation.delete_points(gone))
         return len(ids)
 
+    def _failed(self, folder: Path, why: str) -> None:
+        """Throw the copy away and wait for more new points before the next try (no retry loop)."""
+        log.warning("index build of %s failed, %s", self.store.root, why)
+        self._discard(folder)
+        self._skip_below = self.unindexed() + self.min_new
+
     def _discard(self, folder: Path) -> None:
-        self.store._dirty = None
+        with self.store._write_lock:  # a writer may be adding to _dirty
+            self.store._dirty = None
         shutil.rmtree(folder, ignore_errors=True)
 
     def cancel(self) -> None:

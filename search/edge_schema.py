@@ -3,6 +3,7 @@ parameters, and the layout number that says which of these a shard on disk was m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import qdrant_edge as qe
@@ -71,3 +72,8 @@ def search_params() -> qe.SearchParams:
 
 def edge_vectors(point: Point) -> dict[str, Any]:
     return {IMAGE: [float(x) for x in point.image], TEXT: [[float(x) for x in v] for v in point.text]}
+
+
+def point_copies(records: Sequence[qe.Record]) -> list[qe.Point]:
+    """Points to upsert from records read with their vectors and payloads (shard to shard)."""
+    return [qe.Point(r.id, r.vector, r.payload) for r in records]

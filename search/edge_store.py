@@ -5,8 +5,9 @@ On disk, under `data_dir/edge/<collection>/`:
 
 * `LOCK`: held (flock) while a process has the store open, so a second process gets a clear
   StoreUnavailable instead of a second writer;
-* `meta.json`: the vector sizes the collection was created with (checked against the CLIP models) and its
-  `layout` (LAYOUT); a shard of an older layout is copied into a new one when it is opened;
+* `gNNNNNN/visionrag.json` (META): inside each shard folder, the vector sizes it was created with (checked
+  against the CLIP models) and its `layout` (LAYOUT), so switching CURRENT is the one commit point; a shard
+  of an older layout (layout 1 kept them in `meta.json` beside the folders) is copied when opened;
 * `CURRENT`: the name of the live shard folder (`g000001`, `g000002`, ...), replaced atomically when a
   background index build swaps in a new generation (see edge_build.py); other folders are leftovers of an
   interrupted build and are removed on open.
@@ -37,6 +38,7 @@ from visionrag.search.edge_schema import (
     build_filter,
     edge_config,
     edge_vectors,
+    point_copies,
     search_params,
 )
 from visionrag.search.errors import StoreUnavailable
@@ -45,6 +47,29 @@ from visionrag.search.store import IMAGE, RRF_K, TEXT, Filters, Point, Probe, Sc
 log = logging.getLogger(__name__)
 
 EDGE_DIR = "edge"  # data_dir/edge: never the old local-mode folder (data_dir/qdrant)
+META, LEGACY_META = "visionrag.json", "meta.json"
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """Write, fsync, rename over `path`, fsync the folder: a crash leaves the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unreadable(path: Path, why: object) -> str:
+    return (
+        f"the embedded store's {path} is unreadable ({why}); move {path.parent.parent} away and run "
+        "`visionrag reindex --recreate` to rebuild it from the journal"
+    )
 
 
 class EdgeStore(Store):
@@ -79,27 +104,22 @@ class EdgeStore(Store):
         return self.root / name if name else None
 
     def _set_current(self, folder: Path) -> None:
-        tmp = self.root / "CURRENT.tmp"
-        with open(tmp, "w") as f:
-            f.write(folder.name + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / "CURRENT")
-        fd = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_durably(self.root / "CURRENT", folder.name + "\n")
 
     def _next_folder(self) -> Path:
         numbers = [int(p.name[1:]) for p in self.root.glob("g[0-9]*") if p.name[1:].isdigit()]
         return self.root / f"g{max(numbers, default=0) + 1:06d}"
 
-    def _meta(self) -> dict[str, int] | None:
-        try:
-            return json.loads((self.root / "meta.json").read_text())
-        except FileNotFoundError:
-            return None
+    def _meta(self, folder: Path) -> dict[str, int]:
+        """The shard folder's own META; for a layout-1 shard, `meta.json` beside the folders."""
+        for path in (folder / META, self.root / LEGACY_META):
+            try:
+                return {"layout": 1, **json.loads(path.read_text())}
+            except FileNotFoundError:
+                continue
+            except ValueError as exc:
+                raise StoreUnavailable(_unreadable(path, exc)) from exc
+        raise StoreUnavailable(_unreadable(folder / META, "missing"))
 
     # -- opening ----------------------------------------------------------------------------------
     def _acquire(self) -> None:
@@ -132,25 +152,24 @@ class EdgeStore(Store):
                     self._shard = qe.EdgeShard.load(str(folder))
                 except Exception as exc:  # a held WAL, unreadable segments
                     raise StoreUnavailable(f"cannot open the embedded store {folder}: {exc}") from exc
-                meta = self._meta() or {}
-                if meta.get("layout", 1) != LAYOUT:
+                meta = self._meta(folder)
+                if meta["layout"] != LAYOUT:
                     self._upgrade(meta)
         return self._shard
 
     def _upgrade(self, meta: dict[str, int]) -> None:
         """Copy a shard of an older layout (LAYOUT) into a new generation: points and payloads as they are,
-        no CLIP needed. The old generation stays current until the copy is complete, so an interrupted
-        upgrade loses nothing and starts again at the next open."""
+        no CLIP needed. The old generation stays current until the copy is complete; if the copy fails,
+        the old shard goes on serving (searchable, only slower to build) until the next start."""
         from tqdm import tqdm
 
         old, old_folder = self._shard, self._current()
         assert old is not None and old_folder is not None
-        self._shard = None
         total = old.count(qe.CountRequest(exact=True))
         log.warning(
             "the embedded store %s has layout %s; copying its %d points into layout %d (a one-time step)",
             self.root,
-            meta.get("layout", 1),
+            meta["layout"],
             total,
             LAYOUT,
         )
@@ -163,8 +182,7 @@ class EdgeStore(Store):
                     request = qe.ScrollRequest(offset=offset, limit=512, with_payload=True, with_vector=True)
                     records, offset = old.scroll(request)
                     if records:
-                        points = [qe.Point(r.id, r.vector, r.payload) for r in records]
-                        new.update(qe.UpdateOperation.upsert_points(points))
+                        new.update(qe.UpdateOperation.upsert_points(point_copies(records)))
                         bar.update(len(records))
                     if offset is None:
                         break
@@ -175,13 +193,12 @@ class EdgeStore(Store):
                     new.close()
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
-            raise StoreUnavailable(
-                f"cannot copy the embedded store {old_folder} into layout {LAYOUT}: {exc}"
-            ) from exc
-        finally:
-            old.close()
-        self._make_current(folder, new, meta[IMAGE], meta[TEXT])
+            log.warning("cannot copy %s into layout %d (%s); serving it as it is", old_folder, LAYOUT, exc)
+            return
+        self._make_current(folder, new)
+        old.close()
         shutil.rmtree(old_folder, ignore_errors=True)
+        (self.root / LEGACY_META).unlink(missing_ok=True)
         log.warning("the embedded store %s now has layout %d (%d points)", self.root, LAYOUT, total)
 
     @contextlib.contextmanager
@@ -219,19 +236,20 @@ class EdgeStore(Store):
             if self._open() is None:
                 self._create(image_dim, text_dim)
                 return True
-            meta, want = self._meta() or {}, {IMAGE: image_dim, TEXT: text_dim}
+            folder = self._current()
+            assert folder is not None
+            meta, want = self._meta(folder), {IMAGE: image_dim, TEXT: text_dim}
             have = {k: meta.get(k) for k in want}
             if have != want:
                 raise SchemaMismatch(
                     f"collection {self.settings.collection_name!r} has vectors {have} but the CLIP models give "
-                    f"{want}; run `visionrag reindex` to rebuild it"
+                    f"{want}; run `visionrag reindex --recreate` to rebuild it from the journal"
                 )
             return False
 
     def _create(self, image_dim: int, text_dim: int) -> None:
         """A new, empty shard generation with the payload indexes, made current."""
-        folder, shard = self._new_generation(image_dim, text_dim)
-        self._make_current(folder, shard, image_dim, text_dim)
+        self._make_current(*self._new_generation(image_dim, text_dim))
 
     def _new_generation(self, image_dim: int, text_dim: int) -> tuple[Path, qe.EdgeShard]:
         folder = self._next_folder()
@@ -240,14 +258,13 @@ class EdgeStore(Store):
             for key, kind in PAYLOAD_INDEXES:
                 shard.update(qe.UpdateOperation.create_field_index(key, kind))
             shard.flush()
+            _write_durably(folder / META, json.dumps({IMAGE: image_dim, TEXT: text_dim, "layout": LAYOUT}))
         except Exception as exc:
             raise StoreUnavailable(f"cannot create the embedded store in {folder}: {exc}") from exc
         return folder, shard
 
-    def _make_current(self, folder: Path, shard: qe.EdgeShard, image_dim: int, text_dim: int) -> None:
-        # CURRENT first: a crash before meta.json is written only repeats an upgrade
+    def _make_current(self, folder: Path, shard: qe.EdgeShard) -> None:
         self._set_current(folder)
-        (self.root / "meta.json").write_text(json.dumps({IMAGE: image_dim, TEXT: text_dim, "layout": LAYOUT}))
         self._shard = shard
 
     def recreate(self, image_dim: int, text_dim: int) -> None:

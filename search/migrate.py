@@ -120,9 +120,10 @@ def _old_vectors(
 
 def repair_index(journal: Journal, store: Store, max_attempts: int, batch: int = 1024) -> int:
     """Put rows marked indexed whose points are missing back into the backlog; returns how many. Cheap
-    when nothing is missing (one count); a full id check otherwise."""
+    when the counts agree (one count); a full id check otherwise (an extra point, e.g. one that came
+    back after a power loss, must not hide a lost one)."""
     waiting, _, failed = journal.backlog_stats(max_attempts)
-    if store.count() >= journal.count() - waiting - failed:
+    if store.count() == journal.count() - waiting - failed:
         return 0
     ids = journal.ids()
     missing: list[str] = []

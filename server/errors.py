@@ -84,10 +84,6 @@ class Overloaded(VisionRAGError):
     status_code = 503
 
 
-class GenerationTimeout(VisionRAGError):
-    status_code = 504
-
-
 # Errors of the other packages, mapped here and nowhere else.
 _FOREIGN_STATUS: dict[type[Exception], int] = {
     NotFound: 404,

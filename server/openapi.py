@@ -44,7 +44,7 @@ _ERROR_TEXT = {
     415: "The image is not one the server can decode",
     422: "Invalid values, or an image URL that is unreachable or refused (the detail says which)",
     503: "Overloaded, still loading, or the vector store is unreachable",
-    504: "The answer took longer than VISIONRAG_GENERATION_TIMEOUT",
+    500: "The model worker failed (the server log says why); nothing was stored",
 }
 
 CONTEXT = {
@@ -151,13 +151,15 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                                 "model": {"type": "string"},
                                 "usage": USAGE,
                                 "finish_reason": {"type": "string"},
+                                "context": {"type": "array", "items": {"type": "object"}},
+                                "context_error": {"type": "string"},
                             },
                         }
                     },
                     "application/x-ndjson": {"schema": {"type": "string"}},
                 },
             },
-            **_errors(400, 413, 415, 422, 503, 504),
+            **_errors(400, 413, 415, 422, 500, 503),
         },
     },
     ("post", "/v1/chat/completions"): {
@@ -170,7 +172,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                     "text/event-stream": {"schema": {"type": "string"}},
                 },
             },
-            **_errors(400, 413, 415, 422, 503, 504),
+            **_errors(400, 413, 415, 422, 500, 503),
         },
     },
     ("post", "/history/search"): {

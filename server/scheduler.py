@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,8 +94,9 @@ class Scheduler:
         return failed
 
     def fail_all(self) -> list[str]:
-        """After an error in a step: forget every request; their uids, to be told."""
-        uids = [row.uid for row in self.rows] + [uid for uid, _ in self.waiting]
+        """After an error in a step: forget every request; the uids still to be told (not the cancelled
+        rows, whose clients are gone; `take_failed` first for the prefills that failed on their own)."""
+        uids = [row.uid for row in self.rows if not row.cancelled] + [uid for uid, _ in self.waiting]
         self.rows, self.batch = [], None
         self.waiting.clear()
         self.prompt_lengths.clear()
@@ -213,9 +213,3 @@ class Scheduler:
             delta = row.text.advance(token, now - row.started, size, row.sampler.last_logprobs)
             if delta is not None:
                 out.append((row.uid, delta))
-
-    # -- for tests and benchmarks -------------------------------------------------------------------------
-    def run(self) -> Iterator[list[tuple[str, Delta]]]:
-        """Step until every request is done."""
-        while self.busy:
-            yield self.step()

@@ -108,7 +108,7 @@ class Settings:
         default=1,
         metadata=_env(
             "VISIONRAG_EMBED_THREADS",
-            help="CPU threads for CLIP embedding (indexing, search queries); low keeps indexing off generation's cores",
+            help="CPU threads for CLIP embedding while indexing; low keeps indexing off generation's cores",
         ),
     )
     query_threads: int = field(
@@ -165,7 +165,10 @@ class Settings:
     port: int = field(default=8000, metadata=_env("PORT", help="HTTP port"))
     api_key: str | None = field(
         default=None,
-        metadata=_env("VISIONRAG_API_KEY", help="when set, every route but /health and /ping needs this key"),
+        metadata=_env(
+            "VISIONRAG_API_KEY",
+            help="when set, every route but /health, /ping and the web page's files needs this key",
+        ),
     )
     # image fetching
     allow_private_hosts: tuple[str, ...] = field(
@@ -312,7 +315,7 @@ class Settings:
         return HistoryConfig(**{name: getattr(self, name) for name in names})
 
     def describe(self) -> dict[str, Any]:
-        """The settings without secrets, for logs and /info."""
+        """The settings without secrets, for the start-up log line."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)

@@ -244,7 +244,15 @@ class VisionSpec(LitSpec):
             yield "data: [DONE]\n\n"
         except Exception as exc:
             body = _error_body(exc)  # OpenAI's error object, which OpenAI clients raise, plus status/detail
-            error = {**openai_error(body["detail"], body["status"], code=getattr(exc, "code", None)), **body}
+            error = {
+                **openai_error(
+                    body["detail"],
+                    body["status"],
+                    param=getattr(exc, "param", None),
+                    code=getattr(exc, "code", None),
+                ),
+                **body,
+            }
             yield f"data: {json.dumps({'error': error})}\n\n"
 
     # -- the pieces -----------------------------------------------------------------------------------
@@ -277,6 +285,7 @@ class VisionSpec(LitSpec):
             self.request_queue.put((self.response_queue_id, uid, time.monotonic(), payload))
             async for data, status in self.data_streamer(queue, event, send_status=True):
                 if status == LitAPIStatus.ERROR:
+                    done = True  # the worker has already forgotten the request: nothing to cancel
                     raise _worker_error(data)
                 if not data:
                     continue
@@ -287,10 +296,11 @@ class VisionSpec(LitSpec):
                 yield delta
                 if done:
                     return
+            done = True  # the worker ended the stream itself
             raise GenerationFailed("the model worker ended the answer early; see the server log")
         finally:
             self.response_buffer.pop(uid, None)
-            if not done:  # the client went away (or the answer failed): free its row in the worker
+            if not done:  # the client went away: free its row in the worker
                 self._cancel(uid)
 
     def _cancel(self, uid: str) -> None:

@@ -159,6 +159,8 @@ class SchedulerLoop(LitLoop):
                 outputs = scheduler.step()
             except Exception as exc:
                 log.exception("continuous batching step failed; failing its %d requests", len(senders))
+                for uid, own in scheduler.take_failed():
+                    fail(uid, own)
                 for uid in scheduler.fail_all():
                     fail(uid, exc)
                 continue

@@ -25,7 +25,7 @@ from tests.search.test_store import (  # noqa: F401 (collected here, against the
     unit,
 )
 from visionrag.search.edge_schema import LAYOUT, PAYLOAD_INDEXES, edge_vectors
-from visionrag.search.edge_store import EdgeStore
+from visionrag.search.edge_store import META, EdgeStore
 from visionrag.search.errors import StoreUnavailable
 from visionrag.search.store import IMAGE, TEXT, Filters, Probe, open_store
 
@@ -157,7 +157,8 @@ def test_searches_after_a_build_rank_as_exact_cosine_and_max_sim(settings) -> No
 
 
 def test_a_shard_of_the_older_layout_is_copied_on_open(settings, caplog) -> None:
-    """Layout 1 (HNSW on both vectors, no int8 copies, no `layout` in meta.json) is copied on open."""
+    """Layout 1 (HNSW on both vectors, no int8 copies, sizes in `meta.json` beside the folders) is copied
+    on open into a generation that carries its own META."""
     root = settings.data_dir / "edge" / settings.collection_name
     old = qe.EdgeConfig(
         vectors={
@@ -189,12 +190,23 @@ def test_a_shard_of_the_older_layout_is_copied_on_open(settings, caplog) -> None
     assert "has layout 1; copying its 700 points into layout 2" in caplog.text
     assert store.count() == 700
     assert [p.name for p in root.glob("g[0-9]*")] == ["g000002"]
-    assert json.loads((root / "meta.json").read_text())["layout"] == LAYOUT
+    assert json.loads((root / "g000002" / META).read_text()) == {IMAGE: DIM, TEXT: DIM, "layout": LAYOUT}
+    assert not (root / "meta.json").exists()
     hits = store.query([Probe(points[9].text[0], TEXT)], Filters(user="ann"), limit=1)
     assert hits[0][0] == points[9].id and hits[0][1] == pytest.approx(1.0, abs=1e-5)
     store.close()
     reopened = EdgeStore(settings, build_min_new=0)  # copied once
     assert reopened.count() == 700 and reopened._current().name == "g000002"
+    reopened.close()
+
+
+def test_an_unreadable_meta_says_how_to_rebuild(store: EdgeStore, settings) -> None:
+    store.upsert([point(1)])
+    store.close()
+    (store._current() / META).write_text('{"image": 8, "te')  # torn by a disk fault
+    reopened = EdgeStore(settings)
+    with pytest.raises(StoreUnavailable, match=r"unreadable .*visionrag reindex --recreate"):
+        reopened.count()
     reopened.close()
 
 

@@ -168,6 +168,18 @@ def test_a_request_that_fails_at_prefill_fails_alone(model) -> None:
     assert answers.text("good") == alone(model, request("q", 6))[0]
 
 
+def test_after_a_failed_step_only_live_requests_are_told(model) -> None:
+    """A cancelled row's client is gone (its slot already given back): fail_all leaves it out."""
+    scheduler, answers = Scheduler(model, 8), Answers()
+    scheduler.add("gone", request("q", 50))
+    scheduler.add("live", request("q", 50, 2))
+    answers.take(scheduler.step())
+    scheduler.cancel("gone")
+    scheduler.add("waiting", request("q", 50, 3))
+    assert sorted(scheduler.fail_all()) == ["live", "waiting"]
+    assert not scheduler.busy and scheduler.batch is None
+
+
 def test_seeded_sampling_is_reproducible_and_leaves_greedy_rows_alone(model) -> None:
     sampled = request("q", 10, temperature=1.5, seed=7)
     scheduler, answers = Scheduler(model, 8), Answers()
