@@ -207,6 +207,7 @@ def serve(settings: Settings) -> int:
     preflight(settings)
     install_fork_guard()
     stopping = threading.Event()
+    server: VisionServer | None = None
     with shutdown_on_signals(on_signal=stopping.set):
         try:
             server = build_server(settings)
@@ -220,7 +221,9 @@ def serve(settings: Settings) -> int:
                 log_level=settings.log_level.lower(),
             )
         except ShutdownRequested:  # before LitServe's own shutdown path: the children die with us
-            return 0
+            # a signal that lands while a failure is already shutting the server down does not hide it
+            if server is None or not server.failure:
+                return 0
     if server.failure:
         log.error("server stopped: %s", server.failure)
         return 1

@@ -106,6 +106,9 @@ def retrieve(history: Any, question: str, image: Any, options: ContextOptions) -
     except (StoreUnavailable, SchemaMismatch) as exc:
         log.warning("answering without context: %s", exc)
         return Retrieved([], f"the history index is unavailable, so this answer uses no context: {exc}")
+    except Exception as exc:  # CLIP or the journal failing: the question is still answered, without context
+        log.exception("answering without context: the history search failed")
+        return Retrieved([], f"the history search failed, so this answer uses no context: {exc}")
     scores = {h["id"]: float(h["score"]) for h in hits}
     ranked: list[dict[str, Any]] = []
     seen: set[str] = set()

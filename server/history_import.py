@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.concurrency import run_in_threadpool
 
+from visionrag.search.history import parse_time
 from visionrag.search.interaction import Interaction
 from visionrag.server.bodies import is_multipart, read_form, read_json, validate
 from visionrag.server.errors import BadRequest, InvalidInput
@@ -54,10 +55,11 @@ def _created_at(value: str | None) -> datetime:
     if value is None or not value.strip():
         return datetime.now(UTC)
     try:
-        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidInput(f"created_at is not an ISO 8601 date or time: {value!r}") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+        return datetime.fromtimestamp(parse_time(value, "created_at"), UTC)
+    except (OverflowError, ValueError, OSError):  # a valid ISO date whose UTC time leaves years 1-9999
+        raise InvalidInput(
+            f"created_at is out of range: {value!r}; send a date between years 1 and 9999"
+        ) from None
 
 
 @router.post(

@@ -29,7 +29,7 @@ ERROR = {
                 "message": {"type": "string"},
                 "type": {"type": "string"},
                 "param": {"type": ["string", "null"]},
-                "code": {"type": ["string", "integer", "null"]},
+                "code": {"type": ["string", "null"]},
             },
         },
     },
@@ -48,8 +48,9 @@ _ERROR_TEXT = {
 }
 
 CONTEXT = {
-    "description": "earlier interactions to answer with: an object choosing them, or true for the defaults",
-    "anyOf": [{"type": "object"}, {"type": "boolean"}],
+    "description": "earlier interactions to answer with: an object choosing them, a number (k), true for the "
+    "defaults, false or null for none",
+    "anyOf": [{"type": "object"}, {"type": "boolean"}, {"type": "integer", "minimum": 1}, {"type": "null"}],
 }
 
 SEARCH = {
@@ -261,7 +262,8 @@ def complete(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
     )
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(models.get("$defs", {}))
-    schemas["PredictBody"].setdefault("properties", {}).setdefault("context", CONTEXT)
+    for body in ("PredictBody", "ChatBody"):  # pydantic sees `Any`; parse_context takes these forms
+        schemas[body].setdefault("properties", {})["context"] = CONTEXT
     schemas.update(Error=ERROR, HistorySearch=SEARCH, HistoryImport=IMPORT, Interaction=INTERACTION)
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)

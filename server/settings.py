@@ -58,7 +58,7 @@ class Settings:
         default=False,
         metadata=_env(
             "VISIONRAG_COMPILE",
-            help="static KV cache, which generate compiles with torch.compile on a GPU (off until measured)",
+            help="static KV cache, which generate compiles with torch.compile on a GPU (off until measured); needs VISIONRAG_BATCHING=static",
         ),
     )
     max_batch_size: int = field(
@@ -262,6 +262,11 @@ class Settings:
             raise ConfigError(f"batching must be 'continuous' or 'static', not {self.batching!r}")
         if self.query_threads < 0:
             raise ConfigError("query_threads must not be negative (0 means min(4, CPU cores))")
+        if self.compile and self.batching != "static":
+            raise ConfigError(
+                "compile works with static batching only (continuous batching grows its cache per step): "
+                "set VISIONRAG_BATCHING=static as well, or leave VISIONRAG_COMPILE off"
+            )
         if self.max_batch_tokens < 0:
             raise ConfigError("max_batch_tokens must not be negative (0 means no limit)")
         if self.dtype not in ("auto", "bf16", "fp16", "fp32"):

@@ -92,6 +92,7 @@ def test_bad_imports_are_clear_4xx(server, image_server) -> None:
         ({"answer": "a caption"}, 422, "image_url"),
         ({**ok, "surprise": 1}, 422, "surprise"),
         ({**ok, "created_at": "yesterday"}, 422, "created_at"),
+        ({**ok, "created_at": "0001-01-01T00:00:00+01:00"}, 422, "out of range"),
         ({**ok, "tags": "x"}, 422, "tags"),
         ({**ok, "image_url": image_server.base + "/import/missing.png"}, 422, "404"),
         ({**ok, "image_url": "data:text/plain;base64,aGVsbG8="}, 415, ""),

@@ -174,3 +174,31 @@ def test_an_index_outage_answers_without_context(start_server) -> None:
         assert requests.get(f"{server.url}/history/{body['id']}", timeout=10).json()["context"] == []
     finally:
         server.stop()
+
+
+def test_a_failing_history_search_answers_without_context(
+    history_config, shared_embedders, monkeypatch
+) -> None:
+    """Not only a store outage: CLIP (or the journal) failing in retrieval leaves the question answerable."""
+    import io
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from visionrag.search.history import History
+    from visionrag.server import context
+    from visionrag.server.inputs import ContextOptions
+
+    history = History(history_config, embedders=shared_embedders)
+    history.start()
+    try:
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("onnxruntime: out of memory")
+
+        monkeypatch.setattr(shared_embedders, "embed_texts", broken)
+        image = SimpleNamespace(image=Image.open(io.BytesIO(diagram_png(5))).convert("RGB"), sha256="0" * 64)
+        got = context.retrieve(history, "what is it", image, ContextOptions())
+        assert got.notes == [] and "history search failed" in got.error and "out of memory" in got.error
+    finally:
+        history.close()

@@ -224,3 +224,7 @@ def test_batching_setting_is_validated() -> None:
         Settings.load(environ={"VISIONRAG_BATCHING": "dynamic"}, dotenv_path=None)
     with pytest.raises(ConfigError, match="max_batch_tokens"):
         Settings.load(environ={"VISIONRAG_MAX_BATCH_TOKENS": "-1"}, dotenv_path=None)
+    with pytest.raises(ConfigError, match="VISIONRAG_BATCHING=static"):  # never silently ignored
+        Settings.load(environ={"VISIONRAG_COMPILE": "1"}, dotenv_path=None)
+    compiled = {"VISIONRAG_COMPILE": "1", "VISIONRAG_BATCHING": "static"}
+    assert Settings.load(environ=compiled, dotenv_path=None).compile
