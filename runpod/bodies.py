@@ -117,7 +117,12 @@ def endpoint_update_body(args: argparse.Namespace, template_id: str) -> dict[str
     """PATCH /serverless/{id}: everything deploy.py sets but the name and the type."""
     body: dict[str, Any] = {
         "templateId": template_id,
-        "gpu": {"pools": list(args.pool), "count": args.gpu_count or 1},
+        # the CUDA constraint on the endpoint itself: a PATCH with templateId does not carry it over
+        "gpu": {
+            "pools": list(args.pool),
+            "count": args.gpu_count or 1,
+            "allowedCudaVersions": list(args.allowed_cuda or CUDA_VERSIONS),
+        },
         "workers": {"min": args.min_workers, "max": args.max_workers, "idleTimeout": args.idle_timeout},
         "scaling": {"type": "REQUEST_COUNT", "requestCount": args.requests_per_worker},
         "flashboot": args.flashboot,

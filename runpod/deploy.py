@@ -121,7 +121,7 @@ def create_pod(api: RunPod, args: argparse.Namespace, template_id: str) -> str:
         try:
             pod = api.call("POST", "/pods", pod_body(args, template_id, gpu))
         except ApiError as exc:
-            if exc.status not in (400, 403):  # 422: our body is wrong; 402: no balance; 5xx: RunPod
+            if exc.status != 400:  # 403: the key may not; 422: our body is wrong; 402: no balance; 5xx
                 raise
             print(f"{gpu}: {exc}; trying the next --gpu-type", file=sys.stderr)
             tried.append(f"{gpu}: {exc}")

@@ -184,6 +184,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.add_argument("--dry-run", action="store_true", help="print every request body and send nothing")
     args = p.parse_args(argv)
 
+    _refuse_other_mode(p, args)
     args.gpu_type = args.gpu_type or [DEFAULT_GPU]
     args.pool = args.pool or list(DEFAULT_POOLS)
     for item in args.env:
@@ -209,6 +210,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 1 <= args.idle_timeout <= 3600 or args.requests_per_worker < 1:
         p.error("--idle-timeout must be 1..3600 and --requests-per-worker at least 1")
     return args
+
+
+# Options that only one mode reads: given without it, they would be dropped without a word.
+POD_ONLY = ("pod_name", "gpu_type", "cloud", "wait", "poll", "ready_url")
+SERVERLESS_ONLY = (
+    "endpoint_name",
+    "pool",
+    "min_workers",
+    "max_workers",
+    "idle_timeout",
+    "requests_per_worker",
+    "flashboot",
+)
+
+
+def _refuse_other_mode(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    flags = {a.dest: a.option_strings[0] for a in p._actions if a.option_strings}
+    for names, needed, mode in (
+        (POD_ONLY, args.pod, "--pod"),
+        (SERVERLESS_ONLY, args.serverless, "--serverless"),
+    ):
+        given = [flags[n] for n in names if getattr(args, n) != p.get_default(n)]
+        if given and not needed:
+            p.error(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} with {mode}")
+    if args.serverless and args.volume != p.get_default("volume"):
+        p.error("--volume only applies to pods (Serverless workers have no pod volume)")
 
 
 def unknown_settings(names: list[str]) -> list[str]:

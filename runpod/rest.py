@@ -41,8 +41,10 @@ class RunPod:
         try:
             resp = self.session.request(method, url, json=body, params=params, timeout=self.timeout)
         except requests.RequestException as exc:
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise DeployError(
-                f"cannot reach the RunPod API at {self.api_url}: {type(exc).__name__}"
+                f"cannot reach the RunPod API at {self.api_url}: {reason}; check the network, or --api-url / "
+                "RUNPOD_API_URL"
             ) from None
         if resp.status_code >= 400:
             hint = ""

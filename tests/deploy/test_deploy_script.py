@@ -252,7 +252,11 @@ def test_serverless_creates_a_load_balancing_endpoint(fake):
     assert tpl["env"]["PORT"] == tpl["env"]["PORT_HEALTH"] == "8000"
     ep = fake.bodies("POST", "/v2/serverless")[0]
     assert ep["type"] == "LOAD_BALANCER" and ep["templateId"] == fake.templates[0]["id"]
-    assert ep["gpu"] == {"pools": ["ADA_48_PRO", "AMPERE_48"], "count": 1}
+    assert ep["gpu"] == {
+        "pools": ["ADA_48_PRO", "AMPERE_48"],
+        "count": 1,
+        "allowedCudaVersions": ["12.8", "12.9", "13.0"],
+    }
     assert ep["workers"]["min"] == 0 and ep["workers"]["max"] == 5
     assert ep["scaling"]["type"] == "REQUEST_COUNT"
     assert "https://ep001xyz.api.runpod.ai" in res.stdout and "/ping" in res.stdout
@@ -263,8 +267,14 @@ def test_serverless_updates_the_endpoint_of_the_same_name(fake):
     first = run(*api_args(fake, "--serverless"))
     ok(first, fake)
     assert "each Serverless worker keeps its own history" in first.stderr  # no --qdrant-url
-    again = run(*api_args(fake, "--serverless", "--max-workers", "7", "--pool", "ADA_48_PRO"))
+    again = run(
+        *api_args(
+            fake, "--serverless", "--max-workers", "7", "--pool", "ADA_48_PRO", "--allowed-cuda", "12.9"
+        )
+    )
     ok(again, fake)
+    # the CUDA constraint travels in the PATCH itself (templateId only applies container settings)
+    assert fake.bodies("PATCH", "/v2/serverless/ep001xyz")[-1]["gpu"]["allowedCudaVersions"] == ["12.9"]
     assert fake.calls()[-2:] == [("GET", "/v2/serverless"), ("PATCH", "/v2/serverless/ep001xyz")]
     assert len(fake.endpoints) == 1 and len(fake.templates) == 1
     assert fake.endpoints[0]["workers"]["max"] == 7
@@ -441,6 +451,23 @@ def test_zero_gpus_is_refused_before_any_request(fake):
 def test_pod_and_serverless_are_exclusive(fake):
     res = run(*api_args(fake, "--pod", "--serverless"))
     assert res.returncode == 2 and fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (
+            ["--serverless", "--gpu-type", "NVIDIA A40", "--wait", "5"],
+            "--gpu-type, --wait only apply with --pod",
+        ),
+        (["--pod", "--max-workers", "7"], "--max-workers only applies with --serverless"),
+        (["--pool", "ADA_24"], "--pool only applies with --serverless"),
+        (["--serverless", "--volume", "200"], "--volume only applies to pods"),
+    ],
+)
+def test_an_option_of_the_other_mode_is_refused_not_ignored(fake, extra, says):
+    res = run(*api_args(fake, *extra))
+    assert res.returncode == 2 and says in res.stderr and fake.requests == []
 
 
 def test_unreachable_api_is_a_clear_error():
