@@ -24,7 +24,7 @@ from visionrag.server.lifecycle import ShutdownRequested, install_fork_guard, sh
 from visionrag.server.logs import configure_logging
 from visionrag.server.metrics import install_metrics
 from visionrag.server.openapi import install_openapi
-from visionrag.server.ping import ping
+from visionrag.server.ping import ping, readiness
 from visionrag.server.preflight import preflight
 from visionrag.server.routes import replace_routes
 from visionrag.server.settings import Settings
@@ -157,22 +157,14 @@ def build_server(settings: Settings) -> VisionServer:
 async def _health(request: Request) -> JSONResponse:
     """Ready means: every model worker has loaded the model and the journal is open. The vector index may
     be catching up or unreachable without taking the model endpoints down; its state is reported."""
-    server: VisionServer = request.app.state.server
-    workers = server.worker_states()
-    history = getattr(request.app.state, "history", None)
-    history_status: dict[str, Any] = (
-        await run_in_threadpool(history.status) if history is not None else {"journal": "starting"}
-    )
-    ready = bool(workers) and all(s == WorkerSetupStatus.READY for s in workers.values())
-    ok = ready and history_status.get("journal") == "ok"
-    state = "ok" if ok else "error" if WorkerSetupStatus.ERROR in workers.values() else "loading"
+    state, workers, history_status = await readiness(request)
     body = {
         "status": state,
         "model": request.app.state.settings.served_name,
         "workers": workers,
         "history": history_status,
     }
-    return JSONResponse(body, status_code=200 if ok else 503)
+    return JSONResponse(body, status_code=200 if state == "ok" else 503)
 
 
 def _wrap_lifespan(app: FastAPI, settings: Settings) -> None:

@@ -18,11 +18,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 _fork_guard_installed = False
+_prctl_fn: Any = None
 _forking_parent = 0
 
 
@@ -39,14 +41,22 @@ def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> None:
     """Make the calling process receive `sig` when `parent_pid` exits; exit now if it already has.
 
     SIGTERM, not SIGKILL: the API server then drains and closes the journal, a worker just stops."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0:
-                if os.getppid() != parent_pid:  # the parent died before prctl took effect
-                    os._exit(1)
-                return
+    prctl = _prctl()
+    if prctl is not None and prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0:
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+        return
     threading.Thread(target=_watch_parent, args=(parent_pid, sig), name="parent-watch", daemon=True).start()
+
+
+def _prctl() -> Any:
+    """libc's prctl (Linux), looked up once: a forked child must not dlopen (another thread of the parent
+    may have held the loader's lock at the fork), so install_fork_guard looks it up before any fork."""
+    global _prctl_fn
+    if _prctl_fn is None and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            _prctl_fn = ctypes.CDLL(None, use_errno=True).prctl
+    return _prctl_fn
 
 
 def _watch_parent(parent_pid: int, sig: int) -> None:
@@ -69,6 +79,7 @@ def install_fork_guard() -> None:
     Registered once per process; `os.register_at_fork` cannot be undone, so only `serve` calls it."""
     global _fork_guard_installed
     if not _fork_guard_installed:
+        _prctl()  # resolved here, in the parent, before any fork
         os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
         _fork_guard_installed = True
 
