@@ -77,6 +77,13 @@ def test_distribution_settings_reach_the_history_config() -> None:
     assert default.shard_number is None and default.replication_factor is None and default.on_disk_payload
 
 
+def test_the_history_config_defaults_are_the_server_defaults() -> None:
+    """search/ keeps its own defaults (tools build a HistoryConfig directly): they must not drift."""
+    from visionrag.search.config import HistoryConfig
+
+    assert Settings.load(environ={}, dotenv_path=None).history_config() == HistoryConfig()
+
+
 def test_describe_hides_secrets() -> None:
     s = Settings.load(
         environ={"HF_TOKEN": "hf_secret", "VISIONRAG_API_KEY": "k1", "QDRANT_API_KEY": "k2"}, dotenv_path=None
