@@ -100,9 +100,6 @@ class Indexer:
             self.store.ensure_collection(self.embedders.image_dim, self.embedders.text_dim)
             self._ready = True
 
-    def mark_unready(self) -> None:
-        self._ready = False
-
     def run_once(self) -> int:
         """Apply pending deletions, then index one batch of the backlog; returns the rows indexed."""
         with self._batch_lock:

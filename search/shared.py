@@ -149,6 +149,6 @@ class SharedReads:
             except StoreUnavailable as exc:
                 log.warning("deleting %s from the index later: %s", id, exc)
             return
-        if not self.store.payloads([id]):
+        if not self.store.retrieve([id]):  # ids only: no payload fetched to test existence
             raise NotFound(f"no interaction with id {id!r}")
         self.store.delete([id])
