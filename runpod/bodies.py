@@ -47,38 +47,25 @@ def template_env(args: argparse.Namespace, *, serverless: bool) -> dict[str, str
     return env
 
 
-def pod_template_body(args: argparse.Namespace) -> dict[str, Any]:
-    """POST /templates for pods. No `args`: the image's CMD (runpod/start.sh) starts the server. No SSH or
-    Jupyter: the image starts neither, and Jupyter's injected password would only be noise."""
-    return {
-        "name": args.name,
+def template_body(args: argparse.Namespace, serverless: bool) -> dict[str, Any]:
+    """POST /templates. No `args`: the image's CMD (runpod/start.sh) starts the server. No SSH or Jupyter:
+    the image starts neither, and Jupyter's injected password would only be noise. Pods get a volume at
+    /workspace; Serverless workers have none, so the weights go to a bigger container disk."""
+    body: dict[str, Any] = {
+        "name": serverless_template_name(args) if serverless else args.name,
         "image": args.image,
-        "disk": args.container_disk or 40,
-        "mounts": {"persistent": {"size": args.volume, "path": MOUNT_PATH}},
+        "disk": args.container_disk or (80 if serverless else 40),
         "ports": [f"{args.port}/http"],
-        "env": template_env(args, serverless=False),
+        "env": template_env(args, serverless=serverless),
         "category": "NVIDIA",
         "allowedCudaVersions": list(args.allowed_cuda or CUDA_VERSIONS),
         "startSsh": False,
         "startJupyter": False,
-        "serverless": False,
+        "serverless": serverless,
     }
-
-
-def serverless_template_body(args: argparse.Namespace) -> dict[str, Any]:
-    """POST /templates for the Serverless workers: no pod volume, so the weights go to the container disk."""
-    return {
-        "name": serverless_template_name(args),
-        "image": args.image,
-        "disk": args.container_disk or 80,
-        "ports": [f"{args.port}/http"],
-        "env": template_env(args, serverless=True),
-        "category": "NVIDIA",
-        "allowedCudaVersions": list(args.allowed_cuda or CUDA_VERSIONS),
-        "startSsh": False,
-        "startJupyter": False,
-        "serverless": True,
-    }
+    if not serverless:
+        body["mounts"] = {"persistent": {"size": args.volume, "path": MOUNT_PATH}}
+    return body
 
 
 def serverless_template_name(args: argparse.Namespace) -> str:

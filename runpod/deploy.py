@@ -23,10 +23,9 @@ from bodies import (
     endpoint_body,
     endpoint_update_body,
     pod_body,
-    pod_template_body,
     secret_body,
     secret_placeholder,
-    serverless_template_body,
+    template_body,
     update_body,
 )
 from options import parse_args
@@ -146,7 +145,7 @@ def deploy_serverless(api: RunPod, args: argparse.Namespace) -> str:
         raise DeployError(
             f"--pool {', '.join(unknown)}: not a Serverless GPU pool (48 GB and up: {', '.join(big)})"
         )
-    template_id = upsert_template(api, serverless_template_body(args))
+    template_id = upsert_template(api, template_body(args, serverless=True))
     name = args.endpoint_name or args.name
     existing = api.find_by_name("/serverless", "endpoints", name)
     if existing is None:
@@ -185,7 +184,7 @@ def dry_run(args: argparse.Namespace) -> None:
     for name in args.create_secret:
         show(f"POST {api}/account/secrets  # a 409 (exists) is fine", secret_placeholder(name))
     if args.serverless:
-        tpl = serverless_template_body(args)
+        tpl = template_body(args, serverless=True)
         show(f"GET {api}/catalog/gpus  # are the --pool ids Serverless pools?")
         show(f"GET {api}/templates  # look for a template named {tpl['name']!r}")
         show(
@@ -202,7 +201,7 @@ def dry_run(args: argparse.Namespace) -> None:
     show(f"GET {api}/templates  # look for a template named {args.name!r}")
     show(
         f"POST {api}/templates  # when none exists; otherwise PATCH {api}/templates/{{id}} without 'serverless'",
-        pod_template_body(args),
+        template_body(args, serverless=False),
     )
     note = "" if args.pod else "  # only with --pod"
     show(
@@ -248,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             deploy_serverless(api, args)
             return 0
-        template_id = upsert_template(api, pod_template_body(args))
+        template_id = upsert_template(api, template_body(args, serverless=False))
         if not args.pod:
             print("template ready; start a pod from it in the console, or run again with --pod")
             return 0
