@@ -440,11 +440,12 @@ function el(tag, props = {}, ...children) {
 }
 
 // Stored images need the API key, so they are fetched and shown as blob URLs.
-async function loadImage(id, img) {
+async function loadImage(id, img, owner = img, still = () => true) {
   try {
     const res = await api(`/history/${encodeURIComponent(id)}/image`);
     if (!res.ok) throw new Error(await errorDetail(res));
-    setBlobSrc(img, img, await res.blob());
+    const blob = await res.blob();
+    if (still()) setBlobSrc(owner, img, blob);
   } catch (_) {
     img.alt = "image unavailable";
     img.classList.add("missing");
@@ -500,9 +501,9 @@ function openDetail(r) {
   setBlobSrc("detail", img, null);
   img.alt = `The image for: ${r.query}`;
   $("detail").showModal();
-  api(`/history/${encodeURIComponent(r.id)}/image`)
-    .then(async (res) => { if (res.ok && detailId === r.id) setBlobSrc("detail", img, await res.blob()); })
-    .catch(() => {});
+  img.classList.remove("missing");
+  if (r.image) loadImage(r.id, img, "detail", () => detailId === r.id);
+  else { img.alt = "no stored image"; img.classList.add("missing"); }
 }
 
 $("detail-delete").addEventListener("click", () => confirmDelete(detailId, $("detail-delete")));
