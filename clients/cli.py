@@ -14,6 +14,7 @@ import click
 
 from visionrag.clients.client import DEFAULT_URL, ImageInput
 from visionrag.clients.clitools import (
+    DEFAULT_TIMEOUT,
     Connection,
     LazyCommand,
     VisionRAGGroup,
@@ -61,7 +62,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
     envvar="VISIONRAG_TIMEOUT",
     show_envvar=True,
     type=click.FloatRange(min=0, min_open=True),
-    default=300.0,
+    default=DEFAULT_TIMEOUT,
     show_default=True,
     metavar="SECONDS",
     help="How long to wait for the server: to connect (at most 10 s) and for each piece of an answer.",

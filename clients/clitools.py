@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from visionrag.clients.client import VisionRAG
+from visionrag.clients.client import DEFAULT_URL, VisionRAG
 from visionrag.clients.errors import VisionRAGError
 from visionrag.clients.types import Interaction
 
@@ -137,34 +137,40 @@ def _override(field: str) -> Callable[[click.Context, click.Parameter, Any], Non
     return store
 
 
+DEFAULT_TIMEOUT = 300.0
+# (flag, Connection field, metavar, type, help): the global options, repeatable after a subcommand
+CONNECTION = (
+    (
+        "--url",
+        "url",
+        "URL",
+        None,
+        f"Address of the VisionRAG server [env VISIONRAG_URL; default {DEFAULT_URL}].",
+    ),
+    (
+        "--api-key",
+        "api_key",
+        "KEY",
+        None,
+        "API key of the server, sent as `Authorization: Bearer KEY` [env VISIONRAG_API_KEY].",
+    ),
+    (
+        "--timeout",
+        "timeout",
+        "SECONDS",
+        click.FloatRange(min=0, min_open=True),
+        f"How long to wait for the server [env VISIONRAG_TIMEOUT; default {DEFAULT_TIMEOUT:g}].",
+    ),
+)
+
+
 def connection_options(command: F) -> F:
     """--url, --api-key and --timeout on a subcommand too (`visionrag ask IMG Q --url ...`): given there,
     they beat the same option before the command, which beats the environment."""
-    options = [
-        click.option(
-            "--url",
-            metavar="URL",
-            expose_value=False,
-            callback=_override("url"),
-            help="Address of the VisionRAG server [env VISIONRAG_URL; default http://localhost:8000].",
-        ),
-        click.option(
-            "--api-key",
-            metavar="KEY",
-            expose_value=False,
-            callback=_override("api_key"),
-            help="API key of the server, sent as `Authorization: Bearer KEY` [env VISIONRAG_API_KEY].",
-        ),
-        click.option(
-            "--timeout",
-            metavar="SECONDS",
-            type=click.FloatRange(min=0, min_open=True),
-            expose_value=False,
-            callback=_override("timeout"),
-            help="How long to wait for the server [env VISIONRAG_TIMEOUT; default 300].",
-        ),
-    ]
-    for option in reversed(options):
+    for flag, field, metavar, kind, text in reversed(CONNECTION):
+        option = click.option(
+            flag, metavar=metavar, type=kind, expose_value=False, callback=_override(field), help=text
+        )
         command = option(command)
     return command
 
